@@ -1,0 +1,205 @@
+"""Configuration: TOML validated once, at start, by pydantic models.
+
+Every key is documented in ``docs/configuration.md``.  Relative paths are resolved against the
+directory of the config file.  The process environment is read here and nowhere else
+(:func:`environment`), so the rest of the code sees plain values.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+DEFAULT_API_URL = "https://api.swx.altairone.com"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_filter(value: str) -> str:
+    """Validate an MQTT topic filter (``+`` and ``#`` allowed as whole levels)."""
+    if not value:
+        raise ValueError("empty topic filter")
+    levels = value.split("/")
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            raise ValueError(f"'#' must be a whole, last level: {value!r}")
+        if "+" in level and level != "+":
+            raise ValueError(f"'+' must be a whole level: {value!r}")
+    return value
+
+
+class TlsConfig(_Model):
+    """TLS to the broker. Server-name verification is on unless ``insecure`` is set."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = False
+
+
+class MqttConfig(_Model):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    client_id: Annotated[str, Field(min_length=1)] = "iot-bridge"
+    protocol: Literal[5, 4] = 5  # 5 = MQTT v5, 4 = MQTT v3.1.1
+    keepalive: Annotated[int, Field(ge=5, le=65535)] = 60
+    session_expiry: Annotated[int, Field(ge=0)] = 86400
+    username: str | None = None
+    password_secret: str | None = None  # name of the secret holding the password
+    tls: TlsConfig | None = None
+    reconnect_min_delay: Annotated[float, Field(gt=0)] = 0.5
+    reconnect_max_delay: Annotated[float, Field(gt=0)] = 30.0
+
+
+class RepliesConfig(_Model):
+    # Response topics a request may name (MQTT v5 Response Topic); others are refused.
+    allowed_topics: list[str] = ["replies/#"]
+
+    @field_validator("allowed_topics")
+    @classmethod
+    def _filters(cls, value: list[str]) -> list[str]:
+        return [_check_filter(v) for v in value]
+
+
+class RouteConfig(_Model):
+    topic: str
+    handler: Annotated[str, Field(min_length=1)]
+    reply_topic: str | None = None
+    qos: Literal[0, 1, 2] = 1
+    timeout: Annotated[float, Field(gt=0)] = 30.0
+    reply_format: Literal["json", "body"] = "json"
+    concurrency: Annotated[int, Field(ge=1, le=256)] = 8
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        return _check_filter(value)
+
+    @field_validator("reply_topic")
+    @classmethod
+    def _reply_topic(cls, value: str | None) -> str | None:
+        if value is not None and ("+" in value or "#" in value):
+            raise ValueError("a reply topic cannot contain wildcards")
+        if value is not None:
+            try:
+                value.format(topic="t")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(f"only {{topic}} may be used in the template ({exc})") from None
+        return value
+
+
+class LimitsConfig(_Model):
+    max_in_flight: Annotated[int, Field(ge=1, le=65535)] = 256
+    shutdown_grace: Annotated[float, Field(ge=0)] = 10.0
+
+
+class LoggingConfig(_Model):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    function_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_payloads: bool = False
+
+
+class IotStudioConfig(_Model):
+    api_url: str | None = None
+
+
+class SecretsConfig(_Model):
+    dir: Path | None = None
+
+
+class BridgeConfig(_Model):
+    handlers_dir: Path = Path("handlers")
+    mqtt: MqttConfig = MqttConfig()
+    routes: list[RouteConfig] = []
+    replies: RepliesConfig = RepliesConfig()
+    limits: LimitsConfig = LimitsConfig()
+    logging: LoggingConfig = LoggingConfig()
+    iot_studio: IotStudioConfig = IotStudioConfig()
+    secrets: SecretsConfig = SecretsConfig()
+    # Where the config file lives; relative paths above are resolved against it.
+    base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> "BridgeConfig":
+        base = self.base_dir
+        object.__setattr__(self, "handlers_dir", (base / self.handlers_dir).resolve())
+        if self.secrets.dir is not None:
+            object.__setattr__(self.secrets, "dir", (base / self.secrets.dir).resolve())
+        if self.mqtt.tls is not None:
+            for name in ("ca_file", "cert_file", "key_file"):
+                path = getattr(self.mqtt.tls, name)
+                if path is not None:
+                    object.__setattr__(self.mqtt.tls, name, (base / path).resolve())
+        return self
+
+
+def _key_of(error: dict[str, Any], data: dict[str, Any]) -> str:
+    """Render a pydantic error location as a TOML key, e.g. ``routes[1].handler``."""
+    parts: list[str] = []
+    for item in error["loc"]:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "<root>"
+
+
+def parse_config(data: dict[str, Any], base_dir: Path) -> BridgeConfig:
+    """Validate a config mapping; raise :class:`ConfigError` naming every bad key."""
+    try:
+        return BridgeConfig.model_validate({**data, "base_dir": base_dir})
+    except ValidationError as exc:
+        problems = [f"{_key_of(e, data)}: {e['msg']}" for e in exc.errors()]
+        first = _key_of(exc.errors()[0], data)
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems), key=first) from exc
+
+
+def load_config(path: str | os.PathLike[str]) -> BridgeConfig:
+    """Read and validate the TOML file at ``path``."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    if "base_dir" in data:
+        raise ConfigError("base_dir: unknown key", key="base_dir")
+    return parse_config(data, path.parent.resolve())
+
+
+class Environment(_Model):
+    """The few process-environment values the bridge and its helper packages honour."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    hostname: str = "localhost"
+    swx_api_url: str | None = None
+    credentials_directory: Path | None = None  # systemd LoadCredential=
+    secrets_path: Path | None = None  # IoT Studio's own runner (_SECRETS_PATH)
+    mqtt_broker: str | None = None  # used by the example publisher when no config is loaded
+    notify_socket: str | None = None  # systemd Type=notify
+    watchdog_usec: int | None = None
+
+
+def environment() -> Environment:
+    """Read the process environment, once per call, into an :class:`Environment`."""
+    env = os.environ
+    return Environment(
+        hostname=env.get("HOSTNAME") or "localhost",
+        swx_api_url=env.get("SWX_API_URL") or None,
+        credentials_directory=env.get("CREDENTIALS_DIRECTORY") or None,
+        secrets_path=env.get("_SECRETS_PATH") or None,
+        mqtt_broker=env.get("MQTT_BROKER") or None,
+        notify_socket=env.get("NOTIFY_SOCKET") or None,
+        watchdog_usec=env.get("WATCHDOG_USEC") or None,
+    )
