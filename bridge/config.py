@@ -69,9 +69,30 @@ class RepliesConfig(_Model):
         return [_check_filter(v) for v in value]
 
 
+_PATH_SEGMENT = r"^[^/?#\s]+$"  # one URL path segment: no slash, query, fragment or blank
+
+
+class ThingTarget(_Model):
+    """``[routes.thing]``: the IoT Studio Thing whose properties a route writes.
+
+    The credentials are named, not given: ``client_id_secret`` and ``client_secret_secret`` are
+    the names of secrets (see ``[secrets]``) holding the OAuth2 client id and secret.
+    """
+
+    space: Annotated[str, Field(pattern=_PATH_SEGMENT)]
+    category: Annotated[str, Field(pattern=_PATH_SEGMENT)] | None = None
+    thing_id: Annotated[str, Field(pattern=_PATH_SEGMENT)]
+    client_id_secret: Annotated[str, Field(min_length=1)]
+    client_secret_secret: Annotated[str, Field(min_length=1)]
+    scopes: Annotated[tuple[str, ...], Field(min_length=1)] = ("thing.update",)
+    update_history: bool = True
+
+
 class RouteConfig(_Model):
     topic: str
-    handler: Annotated[str, Field(min_length=1)]
+    # Optional only when ``thing`` is set: the message payload itself is then written.
+    handler: Annotated[str, Field(min_length=1)] | None = None
+    thing: ThingTarget | None = None
     reply_topic: str | None = None
     qos: Literal[0, 1, 2] = 1
     timeout: Annotated[float, Field(gt=0)] = 30.0
@@ -82,6 +103,12 @@ class RouteConfig(_Model):
     @classmethod
     def _topic(cls, value: str) -> str:
         return _check_filter(value)
+
+    @model_validator(mode="after")
+    def _handler_or_thing(self) -> "RouteConfig":
+        if self.handler is None and self.thing is None:
+            raise ValueError("a route needs a handler, a [routes.thing] target, or both")
+        return self
 
     @field_validator("reply_topic")
     @classmethod
@@ -108,7 +135,26 @@ class LoggingConfig(_Model):
 
 
 class IotStudioConfig(_Model):
+    """``[iot_studio]``: the REST API client (see ``docs/iot-studio.md``)."""
+
     api_url: str | None = None
+    timeout: Annotated[float, Field(gt=0)] = 10.0  # seconds, per HTTP request
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = 4  # per call, first try included
+    backoff_initial: Annotated[float, Field(ge=0)] = 0.5  # seconds before the first retry
+    backoff_max: Annotated[float, Field(ge=0)] = 10.0  # cap of one exponential wait
+    retry_after_max: Annotated[float, Field(ge=0)] = 30.0  # cap on an honoured Retry-After
+    token_refresh_margin: Annotated[float, Field(ge=0)] = 10.0  # renew this early (or 1/4 life)
+
+
+class OutboxConfig(_Model):
+    """``[outbox]``: the durable queue of Thing property updates waiting for the API."""
+
+    path: Path = Path("state/outbox.db")
+    max_age: Annotated[float, Field(gt=0)] = 86400.0  # seconds; older updates are dropped
+    max_items: Annotated[int, Field(ge=1)] = 10000  # when full, the oldest update is dropped
+    retry_initial: Annotated[float, Field(gt=0)] = 1.0  # first redelivery delay, seconds
+    retry_max: Annotated[float, Field(gt=0)] = 60.0  # cap of the redelivery delay
+    fsync: bool = False  # true: every enqueue survives power loss too (slower on SD cards)
 
 
 class SecretsConfig(_Model):
@@ -123,6 +169,7 @@ class BridgeConfig(_Model):
     limits: LimitsConfig = LimitsConfig()
     logging: LoggingConfig = LoggingConfig()
     iot_studio: IotStudioConfig = IotStudioConfig()
+    outbox: OutboxConfig = OutboxConfig()
     secrets: SecretsConfig = SecretsConfig()
     # Where the config file lives; relative paths above are resolved against it.
     base_dir: Path = Field(default=Path("."), exclude=True)
@@ -131,6 +178,7 @@ class BridgeConfig(_Model):
     def _resolve_paths(self) -> "BridgeConfig":
         base = self.base_dir
         object.__setattr__(self, "handlers_dir", (base / self.handlers_dir).resolve())
+        object.__setattr__(self.outbox, "path", (base / self.outbox.path).resolve())
         if self.secrets.dir is not None:
             object.__setattr__(self.secrets, "dir", (base / self.secrets.dir).resolve())
         if self.mqtt.tls is not None:
