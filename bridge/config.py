@@ -8,6 +8,7 @@ directory of the config file.  The process environment is read here and nowhere 
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -125,6 +126,7 @@ class RouteConfig(_Model):
 
 class LimitsConfig(_Model):
     max_in_flight: Annotated[int, Field(ge=1, le=65535)] = 256
+    max_payload: Annotated[int, Field(ge=0)] = 1024 * 1024  # bytes; larger requests get 413
     shutdown_grace: Annotated[float, Field(ge=0)] = 10.0
 
 
@@ -243,7 +245,7 @@ def environment() -> Environment:
     """Read the process environment, once per call, into an :class:`Environment`."""
     env = os.environ
     return Environment(
-        hostname=env.get("HOSTNAME") or "localhost",
+        hostname=env.get("HOSTNAME") or socket.gethostname() or "localhost",
         swx_api_url=env.get("SWX_API_URL") or None,
         credentials_directory=env.get("CREDENTIALS_DIRECTORY") or None,
         secrets_path=env.get("_SECRETS_PATH") or None,

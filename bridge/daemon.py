@@ -1,0 +1,109 @@
+"""The daemon: load functions, connect, serve until SIGTERM/SIGINT, shut down cleanly.
+
+Shutdown: stop reading new messages (the subscriptions stay: the broker keeps queueing for
+the persistent session), let in-flight requests finish and be acknowledged within
+``limits.shutdown_grace`` seconds, then disconnect.  Requests still unfinished then are not
+acknowledged, so the broker redelivers them on the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from . import runtime
+from .config import BridgeConfig, environment
+from .contract import Context
+from .dispatch import Dispatcher, Route
+from .errors import ConfigError, HandlerLoadError
+from .functions import Function, Unavailable, load_function, module_path, split_spec
+from .transport import MqttTransport, Subscription
+from .workers import WorkerPool
+
+log = logging.getLogger("bridge.daemon")
+
+
+def check_handler_files(config: BridgeConfig) -> None:
+    """Raise :class:`ConfigError` naming the first route whose handler module does not exist."""
+    for i, route in enumerate(config.routes):
+        if route.handler is None:
+            continue
+        module, _ = split_spec(route.handler)
+        if module_path(config.handlers_dir, module) is None:
+            raise ConfigError(
+                f"routes[{i}].handler: no module {module!r} in {config.handlers_dir}",
+                key=f"routes[{i}].handler",
+            )
+
+
+def load_routes(config: BridgeConfig, *, reload: bool = False) -> list[Route]:
+    """Load every route's function. A module that fails to import makes its route answer 503."""
+    check_handler_files(config)
+    routes: list[Route] = []
+    for i, rc in enumerate(config.routes):
+        function: Function | Unavailable | None = None
+        if rc.handler is not None:
+            try:
+                function = load_function(config.handlers_dir, rc.handler, reload=reload)
+            except HandlerLoadError as exc:
+                log.error("routes[%d] (%s): %s; the route answers 503", i, rc.topic, exc)
+                function = Unavailable(rc.handler, str(exc))
+        pool = None
+        if isinstance(function, Function) and not function.is_async:
+            pool = WorkerPool(rc.handler or f"route{i}", rc.concurrency)
+        routes.append(Route(i, rc, function, pool))
+    return routes
+
+
+class Bridge:
+    """The running daemon: one transport, one dispatcher, the loaded routes."""
+
+    def __init__(self, config: BridgeConfig) -> None:
+        self.config = config
+        runtime.configure(config)
+        self.routes = load_routes(config)
+        self._stop = asyncio.Event()
+        self.dispatcher: Dispatcher | None = None
+        self.transport: MqttTransport | None = None
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown (safe to call from a signal handler)."""
+        self._stop.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        env = environment()
+        dispatcher_ref: list[Dispatcher] = []
+        transport = MqttTransport(
+            self.config.mqtt,
+            [Subscription(r.config.topic, r.config.qos) for r in self.routes],
+            on_message=lambda m: dispatcher_ref[0].handle(m),
+            on_published=lambda mid: dispatcher_ref[0].published(mid),
+            receive_maximum=self.config.limits.max_in_flight,
+            on_session_lost=lambda: dispatcher_ref[0].session_lost(),
+        )
+        dispatcher = Dispatcher(self.config, self.routes, transport, loop, Context(env.hostname))
+        dispatcher_ref.append(dispatcher)
+        self.transport, self.dispatcher = transport, dispatcher
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        runner = asyncio.create_task(transport.run(), name="mqtt")
+        log.info("serving %d route(s) on %s:%d as %r", len(self.routes), self.config.mqtt.host,
+                 self.config.mqtt.port, self.config.mqtt.client_id)
+        stop = asyncio.create_task(self._stop.wait())
+        await asyncio.wait({runner, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if runner.done() and runner.exception() is not None:
+            raise runner.exception()  # type: ignore[misc]
+        log.info("stopping: finishing %d in-flight request(s)", dispatcher.in_flight)
+        transport.pause()
+        if not await dispatcher.drain(self.config.limits.shutdown_grace):
+            log.warning("%d request(s) unfinished after %g s; the broker will redeliver them",
+                        dispatcher.in_flight, self.config.limits.shutdown_grace)
+        await transport.close()
+        runner.cancel()
+        for route in self.routes:
+            if route.pool is not None:
+                route.pool.shutdown()
+        log.info("stopped")
+        return 0

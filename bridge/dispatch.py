@@ -1,0 +1,261 @@
+"""Message -> route -> Event -> function -> reply -> acknowledgement.
+
+Everything here runs on the bridge's event loop thread except :meth:`Dispatcher._run_sync`,
+which runs on a route's worker thread and hands its outcome back with
+``call_soon_threadsafe``.  The transport is the only thing that talks to the broker.
+
+Delivery rules:
+
+* A QoS >= 1 request is acknowledged only after its function finished and its reply was
+  handed to the broker (for a QoS >= 1 reply: after the broker acknowledged the reply).
+  A bridge killed before that gets the request redelivered.
+* Every request is answered, also when the function raises, times out or returns garbage,
+  and then acknowledged: a poison message is never redelivered in a loop.
+* At most ``limits.max_in_flight`` requests are unacknowledged at once; at the bound the
+  transport stops reading (and MQTT v5's Receive Maximum keeps the broker from sending more).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from .codec import check_request, encode_reply, event_from_message
+from .config import BridgeConfig, RouteConfig
+from .contract import Context, Response, error_body
+from .functions import Function, Unavailable, respond, respond_async
+from .logs import current_function
+from .message import Inbound, Outbound
+from .routing import is_publishable, matches
+from .workers import WorkerPool
+
+log = logging.getLogger("bridge.dispatch")
+
+
+class Publisher(Protocol):
+    """What the dispatcher needs from a transport."""
+
+    def publish(self, out: Outbound) -> int | None: ...  # mid to await, or None when handed over
+    def ack(self, mid: int, qos: int) -> None: ...
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+
+
+@dataclass(eq=False)
+class Route:
+    """A configured route with its loaded function (None: a no-code Thing route)."""
+
+    index: int
+    config: RouteConfig
+    function: Function | Unavailable | None
+    pool: WorkerPool | None = None
+
+
+@dataclass(eq=False, slots=True)
+class Job:
+    msg: Inbound
+    route: Route
+    reply_to: str | None
+    done: bool = False
+    running: bool = False
+    timer: asyncio.TimerHandle | None = None
+
+
+# Called with the route, the request and the function's response after a reply was sent.
+ResultHook = Callable[[Route, Inbound, Response], None]
+
+
+@dataclass(eq=False)
+class Dispatcher:
+    config: BridgeConfig
+    routes: list[Route]
+    publisher: Publisher
+    loop: asyncio.AbstractEventLoop
+    context: Context = field(default_factory=Context)
+    on_result: ResultHook | None = None
+    in_flight: int = 0
+    _running: dict[int, Job] = field(default_factory=dict)  # request mid -> job (QoS >= 1)
+    _awaiting: dict[int, Job] = field(default_factory=dict)  # reply mid -> job
+    _paused: bool = False
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self._idle.set()
+        self._max = self.config.limits.max_in_flight
+        self._resume_at = max(self._max * 3 // 4, self._max - 1)
+        self._filters = [r.config.topic for r in self.routes]
+
+    # -- intake -------------------------------------------------------------------------------
+    def route_for(self, msg: Inbound) -> Route | None:
+        """The route a message was delivered for: by v5 subscription id, else first match."""
+        for sid in msg.subscription_ids:
+            if 0 < sid <= len(self.routes):
+                return self.routes[sid - 1]
+        return next((r for r in self.routes if matches(r.config.topic, msg.topic)), None)
+
+    def handle(self, msg: Inbound) -> None:
+        """Take one message from the transport (event loop thread)."""
+        if msg.qos and msg.mid in self._running:
+            # The broker redelivered a message we are still working on (after a reconnect):
+            # the running job acknowledges this mid when it finishes.
+            log.debug("redelivery of mid %d already in progress", msg.mid)
+            return
+        route = self.route_for(msg)
+        if route is None:
+            log.warning("no route for topic %r; acknowledged and dropped", msg.topic)
+            self._ack(msg)
+            return
+        job = Job(msg, route, self._reply_topic(msg, route))
+        self._take(job)
+        rejection = check_request(msg, self.config.limits.max_payload)
+        function = route.function
+        if rejection is not None:
+            self._finish(job, rejection)
+        elif isinstance(function, Unavailable):
+            self._finish(job, error_body(503, f"function {function.name} is unavailable: {function.reason}"))
+        elif function is None:
+            self._finish(job, Response(202))
+        elif function.is_async:
+            job.running = True
+            self.loop.create_task(self._run_async(job, function))
+        else:
+            assert route.pool is not None
+            if route.pool.stuck >= route.pool.size:
+                self._finish(job, error_body(503, f"function {function.name} is busy: every worker is stuck in a timed-out call"))
+                return
+            job.timer = self.loop.call_later(route.config.timeout, self._expire, job)
+            route.pool.submit(self._run_sync, job, function)
+
+    def _reply_topic(self, msg: Inbound, route: Route) -> str | None:
+        if msg.response_topic is not None:
+            topic = msg.response_topic
+            if is_publishable(topic) and any(matches(f, topic) for f in self.config.replies.allowed_topics):
+                return self._safe(topic, msg)
+            log.warning("response topic %r is not in replies.allowed_topics; no reply published", topic)
+            return None
+        template = route.config.reply_topic
+        if template is None:
+            return None
+        return self._safe(template.format(topic=msg.topic), msg)
+
+    def _safe(self, topic: str, msg: Inbound) -> str | None:
+        # A reply that lands on a routed topic would trigger a function again: a loop.
+        if not is_publishable(topic) or any(matches(f, topic) for f in self._filters):
+            log.error("reply topic %r for %r would be routed again (a loop); not published", topic, msg.topic)
+            return None
+        return topic
+
+    def _take(self, job: Job) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+        if job.msg.qos:
+            self._running[job.msg.mid] = job
+        if self.in_flight >= self._max and not self._paused:
+            self._paused = True
+            self.publisher.pause()
+
+    # -- running ------------------------------------------------------------------------------
+    def _invoke(self, job: Job, function: Function) -> Any:
+        event = event_from_message(job.msg)
+        return function.call(event, self.context)
+
+    def _run_sync(self, job: Job, function: Function) -> None:
+        """Worker thread: call the function and hand the outcome to the loop."""
+        if job.done:  # answered as timed out while it waited for a worker
+            return
+        job.running = True
+        token = current_function.set(function.name)
+        try:
+            response = respond(function, lambda: self._invoke(job, function))
+        finally:
+            current_function.reset(token)
+        self.loop.call_soon_threadsafe(self._finish, job, response)
+
+    async def _run_async(self, job: Job, function: Function) -> None:
+        current_function.set(function.name)
+        try:
+            async with asyncio.timeout(job.route.config.timeout):
+                response = await respond_async(function, event_from_message(job.msg), self.context)
+        except TimeoutError:
+            response = self._timeout_response(job)
+        self._finish(job, response)
+
+    def _timeout_response(self, job: Job) -> Response:
+        return error_body(504, f"function {job.route.function.name} timed out after {job.route.config.timeout:g} s")  # type: ignore[union-attr]
+
+    def _expire(self, job: Job) -> None:
+        if job.done:
+            return
+        if job.running and job.route.pool is not None:
+            job.route.pool.stuck += 1
+            log.warning("function %s still running after its %g s timeout; its thread stays busy until it returns",
+                        job.route.function.name, job.route.config.timeout)  # type: ignore[union-attr]
+        self._finish(job, self._timeout_response(job))
+
+    # -- replying -----------------------------------------------------------------------------
+    def _finish(self, job: Job, response: Response) -> None:
+        if job.done:
+            # A sync call that returned after its timeout was answered: its thread is free again.
+            if job.route.pool is not None and job.running and job.route.pool.stuck > 0:
+                job.route.pool.stuck -= 1
+            log.info("function %s returned after its timeout; result discarded", job.route.config.handler)
+            return
+        job.done = True
+        if job.timer is not None:
+            job.timer.cancel()
+        msg = job.msg
+        mid: int | None = None
+        if job.reply_to is not None:
+            try:
+                out = encode_reply(response, job.route.config.reply_format, job.reply_to, msg.qos, msg.correlation_data)
+            except Exception as exc:  # e.g. a header that cannot be encoded
+                out = encode_reply(error_body(500, f"reply could not be encoded: {exc}"), "json",
+                                   job.reply_to, msg.qos, msg.correlation_data)
+            mid = self.publisher.publish(out)
+        else:
+            log.debug("%s -> %d (no reply topic)", msg.topic, response.status)
+        if self.on_result is not None and not isinstance(job.route.function, Unavailable):
+            try:
+                self.on_result(job.route, msg, response)
+            except Exception:
+                log.exception("result hook failed for %s", msg.topic)
+        if mid is not None and msg.qos:
+            self._awaiting[mid] = job
+        else:
+            self._done(job)
+
+    def published(self, mid: int) -> None:
+        """The broker acknowledged reply ``mid``: acknowledge its request."""
+        job = self._awaiting.pop(mid, None)
+        if job is not None:
+            self._done(job)
+
+    def _done(self, job: Job) -> None:
+        if job.msg.qos:
+            self._running.pop(job.msg.mid, None)
+        self._ack(job.msg)
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._idle.set()
+        if self._paused and self.in_flight <= self._resume_at:
+            self._paused = False
+            self.publisher.resume()
+
+    def _ack(self, msg: Inbound) -> None:
+        if msg.qos:
+            self.publisher.ack(msg.mid, msg.qos)
+
+    def session_lost(self) -> None:
+        """The broker started a fresh session: pending mids mean nothing any more."""
+        self._running.clear()
+
+    async def drain(self, grace: float) -> bool:
+        """Wait up to ``grace`` seconds for every request to be answered and acknowledged."""
+        try:
+            async with asyncio.timeout(grace):
+                await self._idle.wait()
+            return True
+        except TimeoutError:
+            return False

@@ -1,0 +1,347 @@
+"""The MQTT transport: the only module that imports paho-mqtt.
+
+paho runs on the bridge's asyncio loop through its external-loop hooks (socket open/close,
+register/unregister write), so every paho call happens on one thread and no lock is needed.
+Incoming messages are converted here, once, into :class:`~bridge.message.Inbound`.
+
+Session rules (what peers get wrong, see docs/reliability.md): a stable client id, clean start
+off and a session expiry so the broker keeps subscriptions and queued QoS 1 messages while the
+bridge is away; handlers are registered before connecting so queued messages are never lost;
+subscriptions are renewed on every connect; QoS >= 1 messages are acknowledged manually, by
+the dispatcher, after their reply went out; TCP_NODELAY on the socket (without it QoS 1 round
+trips stall ~40 ms on Nagle's algorithm).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import ssl
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from .config import MqttConfig
+from .errors import TransportError
+from .message import Inbound, Outbound
+
+log = logging.getLogger("bridge.transport")
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    topic: str
+    qos: int
+
+
+class MqttTransport:
+    """One persistent MQTT session, driven by the running asyncio loop."""
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        subscriptions: list[Subscription],
+        on_message: Callable[[Inbound], None],
+        on_published: Callable[[int], None],
+        *,
+        receive_maximum: int = 256,
+        password: str | None = None,
+        on_session_lost: Callable[[], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.subscriptions = subscriptions
+        self._deliver = on_message
+        self._published = on_published
+        self._session_lost = on_session_lost
+        self._v5 = config.protocol == 5
+        self._receive_maximum = receive_maximum
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._paused = False
+        self._writer_armed = False
+        self._flush_scheduled = False
+        self._misc_timer: asyncio.TimerHandle | None = None
+        self._stopping = False
+        self._down = asyncio.Event()
+        self._down.set()
+        self.connected = asyncio.Event()  # set after CONNACK and every SUBACK
+        self._pending_subacks = 0
+        self.connections = 0  # successful connects so far (reconnects count)
+        self._was_up = False  # the current connection got a successful CONNACK
+        self._client = self._make_client(password)
+
+    # -- setup --------------------------------------------------------------------------------
+    def _make_client(self, password: str | None) -> paho.Client:
+        c = self.config
+        client = paho.Client(
+            paho.CallbackAPIVersion.VERSION2,
+            client_id=c.client_id,
+            protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
+            clean_session=None if self._v5 else False,
+            manual_ack=True,
+        )
+        client.suppress_exceptions = True  # a bug in a callback must not kill the network loop
+        if c.username is not None:
+            client.username_pw_set(c.username, password)
+        if c.tls is not None:
+            try:
+                client.tls_set(
+                    ca_certs=str(c.tls.ca_file) if c.tls.ca_file else None,
+                    certfile=str(c.tls.cert_file) if c.tls.cert_file else None,
+                    keyfile=str(c.tls.key_file) if c.tls.key_file else None,
+                    cert_reqs=ssl.CERT_REQUIRED,
+                )
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                raise TransportError(f"mqtt.tls: cannot load certificates: {exc}") from exc
+            client.tls_insecure_set(c.tls.insecure)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
+        return client
+
+    def _connect_properties(self) -> Properties | None:
+        if not self._v5:
+            return None
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.config.session_expiry
+        # The broker never sends more unacknowledged QoS >= 1 messages than this: backpressure.
+        props.ReceiveMaximum = min(self._receive_maximum, 65535)
+        return props
+
+    # -- the connection loop ------------------------------------------------------------------
+    async def run(self) -> None:
+        """Connect, and reconnect with capped exponential backoff, until :meth:`close`."""
+        self._loop = asyncio.get_running_loop()
+        c = self.config
+        delay = c.reconnect_min_delay
+        while not self._stopping:
+            try:
+                await self._connect_once()
+            except (OSError, ssl.SSLError, TimeoutError, ValueError) as exc:
+                wait = delay * random.uniform(0.8, 1.2)
+                log.warning("cannot connect to %s:%d (%s); retrying in %.1f s", c.host, c.port, exc, wait)
+                await asyncio.sleep(wait)
+                delay = min(delay * 2, c.reconnect_max_delay)
+                continue
+            await self._down.wait()
+            if self._stopping:
+                break
+            # Reset the backoff only after a connection the broker accepted.
+            delay = c.reconnect_min_delay if self._was_up else min(delay * 2, c.reconnect_max_delay)
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+
+    async def _connect_once(self) -> None:
+        c = self.config
+        # A non-blocking reachability probe first: paho's connect blocks, and must not block
+        # the loop for long on an unreachable host.
+        _, writer = await asyncio.wait_for(asyncio.open_connection(c.host, c.port), timeout=10)
+        writer.close()
+        self._was_up = False
+        self._down.clear()
+        try:
+            if self.connections == 0:
+                self._client.connect(
+                    c.host, c.port, c.keepalive,
+                    clean_start=False if self._v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+                    properties=self._connect_properties(),
+                )
+            else:
+                self._client.reconnect()
+        except BaseException:
+            self._down.set()
+            raise
+        self._schedule_misc()
+
+    def _schedule_misc(self) -> None:
+        assert self._loop is not None
+        if self._client.socket() is None:
+            return
+        self._client.loop_misc()  # keepalive pings, and a dead connection is noticed
+        self._misc_timer = self._loop.call_later(1.0, self._schedule_misc)
+
+    # -- paho callbacks (all on the loop thread) ----------------------------------------------
+    def _on_connect(self, client: paho.Client, _u: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            log.error("broker refused the connection: %s", reason)
+            return
+        self._was_up = True
+        self.connections += 1
+        if self._v5 and props is not None and getattr(props, "ReceiveMaximum", None):
+            # paho keeps its own in-flight limit for our publishes; follow the broker's.
+            client._max_inflight_messages = props.ReceiveMaximum  # noqa: SLF001
+        if not flags.session_present:
+            if self.connections > 1:
+                log.warning("the broker did not keep the session; messages queued for it are gone")
+            if self._session_lost is not None:
+                self._session_lost()
+        log.info("connected to %s:%d (session %s)", self.config.host, self.config.port,
+                 "resumed" if flags.session_present else "new")
+        self._pending_subacks = 0
+        for index, sub in enumerate(self.subscriptions, start=1):
+            if self._v5:
+                props_sub = Properties(PacketTypes.SUBSCRIBE)
+                # The id comes back on each message: it names the route without matching.
+                props_sub.SubscriptionIdentifier = index
+                # Retained requests are delivered only when the subscription is new.
+                options = SubscribeOptions(qos=sub.qos, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
+                rc, _ = client.subscribe(sub.topic, options=options, properties=props_sub)
+            else:
+                rc, _ = client.subscribe(sub.topic, qos=sub.qos)
+            if rc == paho.MQTT_ERR_SUCCESS:
+                self._pending_subacks += 1
+        if self._pending_subacks == 0:
+            self.connected.set()
+
+    def _on_subscribe(self, _c: paho.Client, _u: Any, mid: int, reasons: Any, _p: Any) -> None:
+        for reason in reasons:
+            if reason.is_failure:
+                log.error("subscription refused by the broker: %s", reason)
+        self._pending_subacks -= 1
+        if self._pending_subacks <= 0:
+            self.connected.set()
+
+    def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self.connected.clear()
+        if not self._stopping:
+            log.warning("disconnected from the broker: %s", reason)
+        self._down.set()
+
+    def _on_message(self, client: paho.Client, _u: Any, m: paho.MQTTMessage) -> None:
+        try:
+            topic = m.topic
+        except UnicodeDecodeError:
+            log.warning("message with a topic that is not UTF-8; acknowledged and dropped")
+            if m.qos:
+                client.ack(m.mid, m.qos)
+            return
+        msg = Inbound(topic, m.payload, m.qos, m.mid, bool(m.retain), bool(m.dup))
+        props = m.properties
+        if props is not None:
+            msg.response_topic = getattr(props, "ResponseTopic", None)
+            msg.correlation_data = getattr(props, "CorrelationData", None)
+            msg.content_type = getattr(props, "ContentType", None)
+            msg.user_properties = getattr(props, "UserProperty", None) or []
+            msg.subscription_ids = getattr(props, "SubscriptionIdentifier", None) or []
+        try:
+            self._deliver(msg)
+        except Exception:
+            log.exception("dispatch failed for a message on %r; acknowledged", topic)
+            if m.qos:
+                client.ack(m.mid, m.qos)
+
+    def _on_publish(self, _c: paho.Client, _u: Any, mid: int, _r: Any, _p: Any) -> None:
+        self._published(mid)
+
+    def _on_socket_open(self, _c: paho.Client, _u: Any, sock: Any) -> None:
+        assert self._loop is not None
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        if not self._paused:
+            self._loop.add_reader(sock, self._read)
+
+    def _on_socket_close(self, _c: paho.Client, _u: Any, sock: Any) -> None:
+        assert self._loop is not None
+        self._loop.remove_reader(sock)
+        if self._writer_armed:
+            self._loop.remove_writer(sock)
+            self._writer_armed = False
+        if self._misc_timer is not None:
+            self._misc_timer.cancel()
+
+    def _read(self) -> None:
+        client = self._client
+        client.loop_read()
+        sock = client.socket()
+        # TLS may hold decrypted bytes the selector cannot see.
+        while isinstance(sock, ssl.SSLSocket) and sock.pending() and client.socket() is sock:
+            client.loop_read()
+
+    def _on_register_write(self, _c: paho.Client, _u: Any, _sock: Any) -> None:
+        # Coalesce: many publishes in one loop iteration share one write.
+        if not (self._writer_armed or self._flush_scheduled) and self._loop is not None:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _on_unregister_write(self, _c: paho.Client, _u: Any, sock: Any) -> None:
+        if self._writer_armed and self._loop is not None:
+            self._loop.remove_writer(sock)
+            self._writer_armed = False
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        client = self._client
+        sock = client.socket()
+        if sock is None:
+            return
+        self._writer_armed = True  # inside loop_write, register_write must not reschedule
+        client.loop_write()
+        if client.want_write() and client.socket() is sock:
+            assert self._loop is not None
+            self._loop.add_writer(sock, self._flush_writable)  # the socket buffer is full
+        else:
+            self._writer_armed = False
+
+    def _flush_writable(self) -> None:
+        self._client.loop_write()  # unregister_write removes the writer once drained
+
+    # -- what the dispatcher uses -------------------------------------------------------------
+    def publish(self, out: Outbound) -> int | None:
+        """Hand a message to paho; return its mid when the broker's ack is to be awaited."""
+        props = None
+        if self._v5 and (out.correlation_data is not None or out.content_type or out.user_properties):
+            props = Properties(PacketTypes.PUBLISH)
+            if out.correlation_data is not None:
+                props.CorrelationData = out.correlation_data
+            if out.content_type:
+                props.ContentType = out.content_type
+            if out.user_properties:
+                props.UserProperty = out.user_properties
+        info = self._client.publish(out.topic, out.payload, out.qos, properties=props)
+        if out.qos and info.rc in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+            return info.mid  # paho resends it after a reconnect
+        if info.rc not in (paho.MQTT_ERR_SUCCESS,):
+            log.warning("reply to %r not published: %s", out.topic, paho.error_string(info.rc))
+        return None
+
+    def ack(self, mid: int, qos: int) -> None:
+        self._client.ack(mid, qos)
+
+    def pause(self) -> None:
+        """Stop reading from the broker (backpressure)."""
+        self._paused = True
+        sock = self._client.socket()
+        if sock is not None and self._loop is not None:
+            self._loop.remove_reader(sock)
+
+    def resume(self) -> None:
+        self._paused = False
+        sock = self._client.socket()
+        if sock is not None and self._loop is not None:
+            self._loop.add_reader(sock, self._read)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Disconnect cleanly (the broker keeps the session until it expires)."""
+        self._stopping = True
+        if self._client.socket() is not None:
+            self._client.disconnect()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._down.wait()
+            except TimeoutError:
+                log.warning("broker did not close the connection in %g s", timeout)
+        self._down.set()
+        if self._misc_timer is not None:
+            self._misc_timer.cancel()
