@@ -71,6 +71,10 @@ class Bridge:
         """Begin a graceful shutdown (safe to call from a signal handler)."""
         self._stop.set()
 
+    async def _announce_ready(self, transport: MqttTransport) -> None:
+        await transport.connected.wait()
+        log.info("ready: subscribed to %d topic filter(s)", len(self.routes))
+
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         env = environment()
@@ -91,10 +95,12 @@ class Bridge:
         runner = asyncio.create_task(transport.run(), name="mqtt")
         log.info("serving %d route(s) on %s:%d as %r", len(self.routes), self.config.mqtt.host,
                  self.config.mqtt.port, self.config.mqtt.client_id)
+        ready = asyncio.create_task(self._announce_ready(transport))
         stop = asyncio.create_task(self._stop.wait())
         await asyncio.wait({runner, stop}, return_when=asyncio.FIRST_COMPLETED)
         if runner.done() and runner.exception() is not None:
             raise runner.exception()  # type: ignore[misc]
+        ready.cancel()
         log.info("stopping: finishing %d in-flight request(s)", dispatcher.in_flight)
         transport.pause()
         if not await dispatcher.drain(self.config.limits.shutdown_grace):

@@ -1,0 +1,39 @@
+# iot-bridge: `make run` and `make test` work from a fresh clone on Debian (as root, or with
+# mosquitto and python3-venv already installed).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?= config/bridge.toml
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export PATH := $(PATH):/usr/sbin
+
+.PHONY: run test bench check clean deps
+
+run: $(VENV)/.installed
+	$(PY) -m bridge.devrun $(CONFIG)
+
+test: $(VENV)/.installed
+	$(VENV)/bin/pytest -q
+
+bench: $(VENV)/.installed
+	@command -v cc >/dev/null && [ -f /usr/include/mosquitto.h ] || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq gcc libmosquitto-dev; }
+	$(PY) bench/run.py
+
+check: $(VENV)/.installed
+	$(VENV)/bin/iot-bridge check --config $(CONFIG)
+
+deps:
+	@if ! command -v mosquitto >/dev/null || ! command -v mosquitto_rr >/dev/null \
+	   || ! python3 -c 'import ensurepip, venv' 2>/dev/null; then \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  $(SUDO) apt-get install -y -qq mosquitto mosquitto-clients python3-venv; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	@$(MAKE) --no-print-directory deps
+	[ -x $(PY) ] || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) run build *.egg-info bench/loadgen bench/results

@@ -1,0 +1,3 @@
+def handle(req):
+    value = req.body.decode("utf-8")
+    raise ValueError(f"cannot use {len(value)} bytes")

@@ -1,0 +1,2 @@
+def handle(req):
+    return {"status_code": 99, "body": "too low"}
