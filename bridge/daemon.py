@@ -12,7 +12,7 @@ import asyncio
 import logging
 import signal
 
-from . import runtime
+from . import runtime, secretstore
 from .config import BridgeConfig, environment
 from .contract import Context
 from .dispatch import Dispatcher, Route
@@ -62,10 +62,25 @@ class Bridge:
     def __init__(self, config: BridgeConfig) -> None:
         self.config = config
         runtime.configure(config)
+        secretstore.configure(config.secrets.dir)
+        self.password = self._broker_password()
         self.routes = load_routes(config)
         self._stop = asyncio.Event()
         self.dispatcher: Dispatcher | None = None
         self.transport: MqttTransport | None = None
+
+    def _broker_password(self) -> str | None:
+        name = self.config.mqtt.password_secret
+        directory = secretstore.location()
+        if directory is not None:
+            for warning in secretstore.check_permissions(directory):
+                log.warning("%s", warning)
+        if name is None:
+            return None
+        store = secretstore.current()
+        if store is None or not store.exists(name):
+            raise ConfigError(f"mqtt.password_secret: no secret named {name!r}", key="mqtt.password_secret")
+        return store.get(name)
 
     def stop(self) -> None:
         """Begin a graceful shutdown (safe to call from a signal handler)."""
@@ -85,6 +100,7 @@ class Bridge:
             on_message=lambda m: dispatcher_ref[0].handle(m),
             on_published=lambda mid: dispatcher_ref[0].published(mid),
             receive_maximum=self.config.limits.max_in_flight,
+            password=self.password,
             on_session_lost=lambda: dispatcher_ref[0].session_lost(),
         )
         dispatcher = Dispatcher(self.config, self.routes, transport, loop, Context(env.hostname))
