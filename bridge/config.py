@@ -180,7 +180,9 @@ class BridgeConfig(_Model):
     def _resolve_paths(self) -> "BridgeConfig":
         base = self.base_dir
         object.__setattr__(self, "handlers_dir", (base / self.handlers_dir).resolve())
-        object.__setattr__(self.outbox, "path", (base / self.outbox.path).resolve())
+        # A copy, not an in-place edit: the default OutboxConfig() is shared by every config.
+        outbox = self.outbox.model_copy(update={"path": (base / self.outbox.path).resolve()})
+        object.__setattr__(self, "outbox", outbox)
         if self.secrets.dir is not None:
             object.__setattr__(self.secrets, "dir", (base / self.secrets.dir).resolve())
         if self.mqtt.tls is not None:
