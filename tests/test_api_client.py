@@ -143,7 +143,8 @@ def test_other_4xx_are_not_retried(api: ApiClient, standin: StandIn, status: int
     assert len(calls(standin, "PUT", "/properties")) == 1
 
 
-def test_real_errors_carry_the_error_object(root: ApiClient, api: ApiClient, standin: StandIn) -> None:
+def test_real_errors_carry_the_error_object(root: ApiClient, api: ApiClient,
+                                            standin: StandIn) -> None:
     with pytest.raises(ApiError) as info:
         api.get_properties(SPACE, "no-such-thing")
     assert (info.value.status, info.value.message) == (404, "Item not found")

@@ -96,11 +96,13 @@ class _Core:
         self.tokens = TokenCache(self.post_form, config.token_refresh_margin, clock)
         # Exponential from backoff_initial up to backoff_max, plus up to backoff_initial of
         # jitter so that clients failing together do not retry together.
-        self._backoff = wait_exponential(multiplier=config.backoff_initial,
-                                         max=config.backoff_max) + wait_random(0, config.backoff_initial)
+        self._backoff = wait_exponential(
+            multiplier=config.backoff_initial, max=config.backoff_max
+        ) + wait_random(0, config.backoff_initial)
 
     # The only place where anything is retried.
-    def send(self, method: str, path: str, ok: Collection[int], retry: bool = True, **kw: Any) -> Any:
+    def send(self, method: str, path: str, ok: Collection[int], retry: bool = True,
+             **kw: Any) -> Any:
         retrying = Retrying(
             stop=stop_after_attempt(self.config.max_attempts if retry else 1),
             retry=retry_if_exception(_retryable),
@@ -209,12 +211,14 @@ class ApiClient:
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         return self._core.send(method, path, ok, headers=headers, json=json, params=params)
 
-    def get_properties(self, space: str, thing_id: str, *, category: str | None = None) -> dict[str, Any]:
+    def get_properties(self, space: str, thing_id: str, *,
+                       category: str | None = None) -> dict[str, Any]:
         """The Thing's properties, as an object."""
         return self.request("GET", thing_path(space, thing_id, category) + "/properties") or {}
 
     def update_properties(self, space: str, thing_id: str, properties: Mapping[str, Any], *,
-                          category: str | None = None, update_history: bool = True) -> dict[str, Any]:
+                          category: str | None = None,
+                          update_history: bool = True) -> dict[str, Any]:
         """Write some of the Thing's properties; returns the updated properties object."""
         params = None if update_history else {"update_history": "false"}
         return self.request("PUT", thing_path(space, thing_id, category) + "/properties",
@@ -306,7 +310,8 @@ def _secret(name: str, argument: str) -> str:
     from .. import secretstore  # late: the store's directory is configured at bridge start
 
     if not name:
-        raise ConfigError(f"api() needs {argument} (a secret name) or the value itself", key=argument)
+        raise ConfigError(f"api() needs {argument} (a secret name) or the value itself",
+                          key=argument)
     store = secretstore.current()
     if store is None:
         raise ConfigError("no secrets directory is configured ([secrets] dir)", key="secrets.dir")

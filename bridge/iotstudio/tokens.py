@@ -1,9 +1,10 @@
 """OAuth2 client-credentials tokens for the IoT Studio API, cached and renewed before expiry.
 
 One :class:`TokenCache` serves every credential set of a process.  Tokens are keyed by
-(client id, scopes, secret digest); a token is renewed when it is within ``refresh_margin`` seconds of its
-``expires_in`` (or within a quarter of its lifetime, for short-lived tokens), invalidated by the
-client when the API answers 401, and revoked by :meth:`TokenCache.revoke_all` at shutdown.
+(client id, scopes, secret digest); a token is renewed when it is within ``refresh_margin``
+seconds of its ``expires_in`` (or within a quarter of its lifetime, for short-lived tokens),
+invalidated by the client when the API answers 401, and revoked by
+:meth:`TokenCache.revoke_all` at shutdown.
 
 The cache does not speak HTTP itself: it is given a ``post_form(path, fields) -> dict`` callable
 by the client, so retries and error translation live in one place (``client.py``).
@@ -126,7 +127,8 @@ class TokenCache:
         # Renew early so a request never leaves with a token about to expire in flight;
         # a quarter of the lifetime bounds the margin for short-lived tokens.
         margin = min(self._margin, expires_in / 4)
-        log.debug("token fetched for client %s (expires in %.0fs)", credentials.client_id, expires_in)
+        log.debug("token fetched for client %s (expires in %.0fs)",
+                  credentials.client_id, expires_in)
         return _Token(body["access_token"], started + expires_in - margin, credentials)
 
     def _revoke(self, token: _Token) -> None:
@@ -138,4 +140,5 @@ class TokenCache:
             self._post_form("/oauth2/revoke", fields, False)
         except ApiError as exc:
             # Revocation only shortens a token's life; failing it must not fail shutdown.
-            log.warning("could not revoke a token of client %s: %s", token.credentials.client_id, exc)
+            log.warning("could not revoke a token of client %s: %s",
+                        token.credentials.client_id, exc)
