@@ -61,8 +61,8 @@ class SecretStore:
             value = path.read_text(encoding="utf-8")
         except FileNotFoundError as exc:
             raise SecretError(f"secret {name!r} not found in {self.dir}") from exc
-        except (OSError, UnicodeDecodeError) as exc:
-            # The exception text names the path and errno only, never file contents.
+        except (OSError, ValueError) as exc:
+            # Only the exception's type is shown: a decoding error would quote the contents.
             raise SecretError(f"secret {name!r} cannot be read: {type(exc).__name__}") from exc
         if value.endswith("\r\n"):
             return value[:-2]
