@@ -227,10 +227,10 @@ def wait_ready(port: int, topic: str, qos: int, proc: subprocess.Popen, name: st
 
 
 class Server:
-    def __init__(self, name: str, cmd: list[str], workdir: Path, ready_timeout: float) -> None:
+    def __init__(self, name: str, cmd: list[str], logfile: Path, ready_timeout: float) -> None:
         self.name = name
         self.cmd = cmd
-        self.logfile = workdir / f"{name}.log"
+        self.logfile = logfile
         self.ready_timeout = ready_timeout
         self.proc: subprocess.Popen | None = None
         self.hwm_kib = 0
@@ -352,11 +352,13 @@ def main(argv: list[str] | None = None) -> int:
             servers = {}
             if "raw" in names:
                 servers["raw"] = Server("raw", [venv_bin("python"), str(BENCH / "raw_echo.py"),
-                                                HOST, str(port), TOPICS["raw"]], workdir, 15)
+                                                HOST, str(port), TOPICS["raw"]],
+                                         workdir / f"raw-qos{qos}.log", 15)
             if "bridge" in names and bridge_error is None:
                 cfg = bridge_config(workdir, port, qos)
                 servers["bridge"] = Server("bridge", [bridge_exe, "run", "--config",
-                                                      str(cfg)], workdir, 30)
+                                                      str(cfg)],
+                                            workdir / f"bridge-qos{qos}.log", 30)
             for name, srv in list(servers.items()):
                 log(f"[qos {qos}] starting {name} ...")
                 try:
