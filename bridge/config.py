@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import string
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -114,13 +115,16 @@ class RouteConfig(_Model):
     @field_validator("reply_topic")
     @classmethod
     def _reply_topic(cls, value: str | None) -> str | None:
-        if value is not None and ("+" in value or "#" in value):
-            raise ValueError("a reply topic cannot contain wildcards")
-        if value is not None:
-            try:
-                value.format(topic="t")
-            except (KeyError, IndexError, ValueError) as exc:
-                raise ValueError(f"only {{topic}} may be used in the template ({exc})") from None
+        if value is None:
+            return None
+        if not value or value.startswith("$") or "+" in value or "#" in value:
+            raise ValueError("a reply topic must be non-empty, without wildcards, not starting with $")
+        try:
+            fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(value) if name is not None]
+        except ValueError as exc:
+            raise ValueError(f"invalid template: {exc}") from None
+        if any(name != "topic" or spec or conv for name, spec, conv in fields):
+            raise ValueError("only {topic} may be used in the template")
         return value
 
 

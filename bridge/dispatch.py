@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from .codec import check_request, encode_reply, event_from_message
 from .config import BridgeConfig, RouteConfig
 from .contract import Context, Response, error_body
+from .iotstudio.automation import ThingPayloadError, properties_from_payload, properties_from_result
 from .functions import Function, Unavailable, respond, respond_async
 from .logs import current_function
 from .message import Inbound, Outbound
@@ -63,8 +65,10 @@ class Job:
     timer: asyncio.TimerHandle | None = None
 
 
-# Called with the route, the request and the function's response after a reply was sent.
-ResultHook = Callable[[Route, Inbound, Response], None]
+class ThingSink(Protocol):
+    """Where Thing property updates go (bridge.iotstudio.automation.ThingWriter)."""
+
+    def submit(self, target: Any, properties: Any) -> None: ...
 
 
 @dataclass(eq=False)
@@ -74,11 +78,13 @@ class Dispatcher:
     publisher: Publisher
     loop: asyncio.AbstractEventLoop
     context: Context = field(default_factory=Context)
-    on_result: ResultHook | None = None
+    things: ThingSink | None = None
     in_flight: int = 0
     _running: dict[int, Job] = field(default_factory=dict)  # request mid -> job (QoS >= 1)
     _awaiting: dict[int, Job] = field(default_factory=dict)  # reply mid -> job
     _paused: bool = False
+    _completed: deque[tuple[Job, Response]] = field(default_factory=deque)  # from worker threads
+    _wake_pending: bool = False
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
@@ -86,6 +92,7 @@ class Dispatcher:
         self._max = self.config.limits.max_in_flight
         self._resume_at = max(self._max * 3 // 4, self._max - 1)
         self._filters = [r.config.topic for r in self.routes]
+        self._verdicts: dict[str, str] = {}  # reply topic -> why it is refused ("" = allowed)
 
     # -- intake -------------------------------------------------------------------------------
     def route_for(self, msg: Inbound) -> Route | None:
@@ -115,8 +122,8 @@ class Dispatcher:
             self._finish(job, rejection)
         elif isinstance(function, Unavailable):
             self._finish(job, error_body(503, f"function {function.name} is unavailable: {function.reason}"))
-        elif function is None:
-            self._finish(job, Response(202))
+        elif function is None:  # a no-code Thing route: the payload is the update
+            self._finish(job, self._write_thing(job, None))
         elif function.is_async:
             job.running = True
             self.loop.create_task(self._run_async(job, function))
@@ -131,21 +138,40 @@ class Dispatcher:
     def _reply_topic(self, msg: Inbound, route: Route) -> str | None:
         if msg.response_topic is not None:
             topic = msg.response_topic
-            if is_publishable(topic) and any(matches(f, topic) for f in self.config.replies.allowed_topics):
-                return self._safe(topic, msg)
-            log.warning("response topic %r is not in replies.allowed_topics; no reply published", topic)
-            return None
+            verdict = self._verdicts.get(topic)
+            if verdict is None:
+                verdict = self._judge(topic, response_topic=True)
+            if verdict:
+                log.warning("response topic %r %s; no reply published", topic, verdict)
+                return None
+            return topic
         template = route.config.reply_topic
         if template is None:
             return None
-        return self._safe(template.format(topic=msg.topic), msg)
-
-    def _safe(self, topic: str, msg: Inbound) -> str | None:
-        # A reply that lands on a routed topic would trigger a function again: a loop.
-        if not is_publishable(topic) or any(matches(f, topic) for f in self._filters):
-            log.error("reply topic %r for %r would be routed again (a loop); not published", topic, msg.topic)
+        topic = template.format(topic=msg.topic)
+        verdict = self._verdicts.get(topic)
+        if verdict is None:
+            verdict = self._judge(topic, response_topic=False)
+        if verdict:
+            log.error("reply topic %r %s; no reply published", topic, verdict)
             return None
         return topic
+
+    def _judge(self, topic: str, *, response_topic: bool) -> str:
+        """Why the bridge must not publish to ``topic`` ("" when it may); cached."""
+        if not is_publishable(topic):
+            verdict = "is not a valid topic to publish to (empty, wildcards or $)"
+        elif response_topic and not any(matches(f, topic) for f in self.config.replies.allowed_topics):
+            verdict = "is not in replies.allowed_topics"
+        elif any(matches(f, topic) for f in self._filters):
+            # A reply that lands on a routed topic would trigger a function again: a loop.
+            verdict = "would be routed to a function again (a loop)"
+        else:
+            verdict = ""
+        if len(self._verdicts) >= 4096:  # bounded: topics are chosen by whoever publishes
+            self._verdicts.clear()
+        self._verdicts[topic] = verdict
+        return verdict
 
     def _take(self, job: Job) -> None:
         self.in_flight += 1
@@ -171,7 +197,17 @@ class Dispatcher:
             response = respond(function, lambda: self._invoke(job, function))
         finally:
             current_function.reset(token)
-        self.loop.call_soon_threadsafe(self._finish, job, response)
+        # One loop wake-up serves every result that completed meanwhile.
+        self._completed.append((job, response))
+        if not self._wake_pending:
+            self._wake_pending = True
+            self.loop.call_soon_threadsafe(self._drain_completed)
+
+    def _drain_completed(self) -> None:
+        self._wake_pending = False  # before draining: a result appended later wakes us again
+        completed = self._completed
+        while completed:
+            self._finish(*completed.popleft())
 
     async def _run_async(self, job: Job, function: Function) -> None:
         current_function.set(function.name)
@@ -205,6 +241,8 @@ class Dispatcher:
         job.done = True
         if job.timer is not None:
             job.timer.cancel()
+        if job.route.config.thing is not None and response.status < 300 and job.route.function is not None:
+            response = self._write_thing(job, response)
         msg = job.msg
         mid: int | None = None
         if job.reply_to is not None:
@@ -216,15 +254,35 @@ class Dispatcher:
             mid = self.publisher.publish(out)
         else:
             log.debug("%s -> %d (no reply topic)", msg.topic, response.status)
-        if self.on_result is not None and not isinstance(job.route.function, Unavailable):
-            try:
-                self.on_result(job.route, msg, response)
-            except Exception:
-                log.exception("result hook failed for %s", msg.topic)
         if mid is not None and msg.qos:
             self._awaiting[mid] = job
         else:
             self._done(job)
+
+    def _write_thing(self, job: Job, response: Response | None) -> Response:
+        """Queue the Thing update a route makes; the reply says whether it was accepted.
+
+        ``response`` is the function's (None for a no-code route, which writes the payload).
+        The update is durable once queued; delivery to the API happens in the background.
+        """
+        target = job.route.config.thing
+        try:
+            if response is None:
+                properties = properties_from_payload(job.msg.payload)
+                response = Response(202, body=b"Thing update queued")
+            else:
+                properties = properties_from_result(response.status, response.data)
+                if properties is None:
+                    return response
+            if self.things is None:
+                raise RuntimeError("Thing updates are not enabled")
+            self.things.submit(target, properties)
+            return response
+        except ThingPayloadError as exc:
+            return error_body(400, str(exc))
+        except Exception as exc:
+            log.error("Thing update for %s not queued: %s", job.msg.topic, exc)
+            return error_body(503, f"Thing update not queued: {exc}")
 
     def published(self, mid: int) -> None:
         """The broker acknowledged reply ``mid``: acknowledge its request."""

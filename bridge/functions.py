@@ -139,7 +139,7 @@ def respond(function: Function, produce: Callable[[], Any]) -> Response:
         return normalise(produce())
     except ResultError as exc:
         return error_body(500, f"function {function.name} returned an invalid result: {exc}")
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() in a function must not end the bridge
         return error_response(exc, function.source_file)
 
 
@@ -147,6 +147,6 @@ async def respond_async(function: Function, event: Event, context: Context) -> R
     """Await an ``async def`` function and apply the result rules, as :func:`respond` does."""
     try:
         result = await function.call(event, context)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         return error_response(exc, function.source_file)
     return respond(function, lambda: result)

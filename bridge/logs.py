@@ -57,6 +57,9 @@ class _StderrToLog(io.TextIOBase):
         return len(text)
 
     def flush(self) -> None:
+        name = current_function.get()
+        if name is not None and name in self._partial:
+            function_log.warning("%s", self._partial.pop(name))
         self.real.flush()
 
     def fileno(self) -> int:

@@ -33,6 +33,8 @@ from .message import Inbound, Outbound
 
 log = logging.getLogger("bridge.transport")
 
+READ_BURST = 64  # packets read per socket wake-up at most, so writes and timers still run
+
 
 @dataclass(frozen=True, slots=True)
 class Subscription:
@@ -263,7 +265,18 @@ class MqttTransport:
 
     def _read(self) -> None:
         client = self._client
-        client.loop_read()
+        # paho's loop_read() handles one packet per call when nothing is in flight, and does
+        # not say whether the socket is drained; its packet reader does.  Reading a burst per
+        # wake-up saves an event-loop iteration per message.
+        for _ in range(READ_BURST):
+            rc = client._packet_read()  # noqa: SLF001 (paho 2.x, pinned below 3)
+            if rc == paho.MQTT_ERR_AGAIN:
+                break
+            if rc != paho.MQTT_ERR_SUCCESS:
+                client._loop_rc_handle(rc)  # noqa: SLF001
+                return
+            if client.socket() is None or self._paused:
+                return
         sock = client.socket()
         # TLS may hold decrypted bytes the selector cannot see.
         while isinstance(sock, ssl.SSLSocket) and sock.pending() and client.socket() is sock:

@@ -8,9 +8,12 @@ returns, and the pool counts it as stuck.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from typing import Any, Callable
+
+log = logging.getLogger("bridge.workers")
 
 
 class WorkerPool:
@@ -44,6 +47,8 @@ class WorkerPool:
             fn, args = item
             try:
                 fn(*args)
+            except BaseException:  # a job's escape must not end the thread the pool counts on
+                log.exception("worker job failed in pool %s", self.name)
             finally:
                 with self._lock:
                     self._pending -= 1
