@@ -11,12 +11,14 @@ from typing import Any
 
 def rr(port: int, topic: str, message: str | bytes, *, response_topic: str | None = None,
        props: list[tuple[str, ...]] = (), qos: int = 1, wait: float = 10.0,
-       raw: bool = False) -> Any:
-    """``mosquitto_rr`` a request and return its reply (parsed JSON unless ``raw``)."""
+       raw: bool = False, options: list[str] = ()) -> Any:
+    """``mosquitto_rr`` a request and return its reply (parsed JSON unless ``raw``).
+
+    ``options`` are extra command-line options, e.g. ``--cafile`` or ``-u``/``-P``."""
     # A response topic of its own, so concurrent requests never see each other's replies.
     response_topic = response_topic or f"replies/{topic}/{time.monotonic_ns()}"
     cmd = ["mosquitto_rr", "-V", "5", "-p", str(port), "-q", str(qos), "-t", topic,
-           "-e", response_topic, "-W", str(int(wait))]
+           "-e", response_topic, "-W", str(int(wait)), *options]
     for prop in props:  # e.g. ("publish", "user-property", "method", "PUT")
         cmd += ["-D", *prop]
     data = message if isinstance(message, bytes) else message.encode()
