@@ -64,6 +64,8 @@ class MqttConfig(_Model):
 class RepliesConfig(_Model):
     # Response topics a request may name (MQTT v5 Response Topic); others are refused.
     allowed_topics: list[str] = ["replies/#"]
+    # Replies to QoS >= 1 requests finished while the broker is away are kept here.
+    store: Path = Path("state/replies.db")
 
     @field_validator("allowed_topics")
     @classmethod
@@ -187,6 +189,8 @@ class BridgeConfig(_Model):
         # A copy, not an in-place edit: the default OutboxConfig() is shared by every config.
         outbox = self.outbox.model_copy(update={"path": (base / self.outbox.path).resolve()})
         object.__setattr__(self, "outbox", outbox)
+        replies = self.replies.model_copy(update={"store": (base / self.replies.store).resolve()})
+        object.__setattr__(self, "replies", replies)
         if self.secrets.dir is not None:
             object.__setattr__(self.secrets, "dir", (base / self.secrets.dir).resolve())
         if self.mqtt.tls is not None:

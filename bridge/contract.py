@@ -148,7 +148,10 @@ def normalise(result: Any) -> Response:
     elif isinstance(body, (bytes, bytearray, memoryview)):
         raw, content_type = bytes(body), "application/octet-stream"
     else:
-        raw, content_type = str(body).encode("utf-8", "surrogateescape"), TEXT_TYPE
+        try:
+            raw, content_type = str(body).encode("utf-8", "surrogateescape"), TEXT_TYPE
+        except UnicodeEncodeError as exc:
+            raise ResultError(f"body cannot be encoded as UTF-8: {exc}") from exc
     return Response(status, headers, raw, explicit_type or content_type, data)
 
 

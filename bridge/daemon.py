@@ -12,11 +12,16 @@ import asyncio
 import logging
 import signal
 
-from . import runtime, secretstore
+import swx
+
+from . import runtime, secretstore, systemd
+from .iotstudio import client as api_client
+from .iotstudio.automation import ThingWriter
 from .config import BridgeConfig, environment
 from .contract import Context
 from .dispatch import Dispatcher, Route
 from .errors import ConfigError, HandlerLoadError
+from .replystore import ReplyStore
 from .functions import Function, Unavailable, load_function, module_path, split_spec
 from .transport import MqttTransport, Subscription
 from .workers import WorkerPool
@@ -64,10 +69,19 @@ class Bridge:
         runtime.configure(config)
         secretstore.configure(config.secrets.dir)
         self.password = self._broker_password()
+        swx.configure(config.iot_studio.api_url)  # before functions import: they may read it
         self.routes = load_routes(config)
+        api = api_client.configure(config.iot_studio)
+        self.things: ThingWriter | None = None
+        if any(r.thing is not None for r in config.routes):
+            self.things = ThingWriter(config.outbox, secretstore.current(), api)
+            for route in config.routes:
+                if route.thing is not None:
+                    self.things.check(route.thing)
         self._stop = asyncio.Event()
         self.dispatcher: Dispatcher | None = None
         self.transport: MqttTransport | None = None
+        self.notifier = systemd.Notifier.from_environment()  # no-op unless run by systemd
 
     def _broker_password(self) -> str | None:
         name = self.config.mqtt.password_secret
@@ -89,6 +103,7 @@ class Bridge:
     async def _announce_ready(self, transport: MqttTransport) -> None:
         await transport.connected.wait()
         log.info("ready: subscribed to %d topic filter(s)", len(self.routes))
+        self.notifier.notify_ready(f"serving: subscribed to {len(self.routes)} topic filter(s)")
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -102,12 +117,18 @@ class Bridge:
             receive_maximum=self.config.limits.max_in_flight,
             password=self.password,
             on_session_lost=lambda: dispatcher_ref[0].session_lost(),
+            on_connected=lambda: dispatcher_ref[0].connected(),
         )
-        dispatcher = Dispatcher(self.config, self.routes, transport, loop, Context(env.hostname))
+        replies = ReplyStore(self.config.replies.store, max_age=self.config.mqtt.session_expiry)
+        dispatcher = Dispatcher(self.config, self.routes, transport, loop, Context(env.hostname),
+                                things=self.things, replies=replies)
+        if self.things is not None:
+            self.things.start()  # also delivers what a previous run left in the outbox
         dispatcher_ref.append(dispatcher)
         self.transport, self.dispatcher = transport, dispatcher
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
+        self.notifier.start_watchdog(loop)  # pinged from this loop: a blocked loop stops it
         runner = asyncio.create_task(transport.run(), name="mqtt")
         log.info("serving %d route(s) on %s:%d as %r", len(self.routes), self.config.mqtt.host,
                  self.config.mqtt.port, self.config.mqtt.client_id)
@@ -118,6 +139,7 @@ class Bridge:
             raise runner.exception()  # type: ignore[misc]
         ready.cancel()
         log.info("stopping: finishing %d in-flight request(s)", dispatcher.in_flight)
+        self.notifier.notify_stopping(f"stopping: finishing {dispatcher.in_flight} in-flight request(s)")
         transport.pause()
         if not await dispatcher.drain(self.config.limits.shutdown_grace):
             log.warning("%d request(s) unfinished after %g s; the broker will redeliver them",
@@ -127,5 +149,10 @@ class Bridge:
         for route in self.routes:
             if route.pool is not None:
                 route.pool.shutdown()
+        self.notifier.close()
+        if self.things is not None:
+            self.things.close()  # undelivered updates stay in the outbox for the next start
+        api_client.shutdown()  # revokes cached tokens
+        replies.close()
         log.info("stopped")
         return 0

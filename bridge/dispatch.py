@@ -30,6 +30,7 @@ from .iotstudio.automation import ThingPayloadError, properties_from_payload, pr
 from .functions import Function, Unavailable, respond, respond_async
 from .logs import current_function
 from .message import Inbound, Outbound
+from .replystore import ReplyStore, request_key
 from .routing import is_publishable, matches
 from .workers import WorkerPool
 
@@ -43,6 +44,8 @@ class Publisher(Protocol):
     def ack(self, mid: int, qos: int) -> None: ...
     def pause(self) -> None: ...
     def resume(self) -> None: ...
+    @property
+    def is_connected(self) -> bool: ...
 
 
 @dataclass(eq=False)
@@ -63,6 +66,7 @@ class Job:
     done: bool = False
     running: bool = False
     timer: asyncio.TimerHandle | None = None
+    stored: str | None = None  # key of its reply in the reply store
 
 
 class ThingSink(Protocol):
@@ -79,12 +83,14 @@ class Dispatcher:
     loop: asyncio.AbstractEventLoop
     context: Context = field(default_factory=Context)
     things: ThingSink | None = None
+    replies: ReplyStore | None = None
     in_flight: int = 0
     _running: dict[int, Job] = field(default_factory=dict)  # request mid -> job (QoS >= 1)
     _awaiting: dict[int, Job] = field(default_factory=dict)  # reply mid -> job
     _paused: bool = False
     _completed: deque[tuple[Job, Response]] = field(default_factory=deque)  # from worker threads
     _wake_pending: bool = False
+    _parked: list[tuple[Job, Outbound | None]] = field(default_factory=list)  # while disconnected
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
@@ -116,6 +122,14 @@ class Dispatcher:
             return
         job = Job(msg, route, self._reply_topic(msg, route))
         self._take(job)
+        if self.replies and msg.qos:
+            # Redelivered after a restart, answered before the broker came back: reuse the reply.
+            key = request_key(msg)
+            stored = self.replies.take(key)
+            if stored is not None:
+                job.done, job.stored = True, key
+                self._send(job, stored)
+                return
         rejection = check_request(msg, self.config.limits.max_payload)
         function = route.function
         if rejection is not None:
@@ -244,20 +258,40 @@ class Dispatcher:
         if job.route.config.thing is not None and response.status < 300 and job.route.function is not None:
             response = self._write_thing(job, response)
         msg = job.msg
-        mid: int | None = None
+        out: Outbound | None = None
         if job.reply_to is not None:
             try:
                 out = encode_reply(response, job.route.config.reply_format, job.reply_to, msg.qos, msg.correlation_data)
             except Exception as exc:  # e.g. a header that cannot be encoded
                 out = encode_reply(error_body(500, f"reply could not be encoded: {exc}"), "json",
                                    job.reply_to, msg.qos, msg.correlation_data)
-            mid = self.publisher.publish(out)
         else:
             log.debug("%s -> %d (no reply topic)", msg.topic, response.status)
-        if mid is not None and msg.qos:
+        self._send(job, out)
+
+    def _send(self, job: Job, out: Outbound | None) -> None:
+        """Publish the reply (if any), then acknowledge; park both while disconnected."""
+        if not self.publisher.is_connected:
+            # An ack queued now would be lost with the connection, and paho would keep a QoS
+            # >= 1 reply only in memory: park it, durably when the request will be redelivered.
+            self._parked.append((job, out))
+            if out is not None and job.msg.qos and self.replies is not None and job.stored is None:
+                job.stored = request_key(job.msg)
+                self.replies.save(job.stored, out)
+            return
+        mid = self.publisher.publish(out) if out is not None else None
+        if mid is not None and job.msg.qos:
             self._awaiting[mid] = job
         else:
             self._done(job)
+
+    def connected(self) -> None:
+        """The transport (re)connected: parked replies go out, then their requests are acked."""
+        parked, self._parked = self._parked, []
+        if parked:
+            log.info("publishing %d repl(ies) made while the broker was away", len(parked))
+        for job, out in parked:
+            self._send(job, out)
 
     def _write_thing(self, job: Job, response: Response | None) -> Response:
         """Queue the Thing update a route makes; the reply says whether it was accepted.
@@ -294,6 +328,8 @@ class Dispatcher:
         if job.msg.qos:
             self._running.pop(job.msg.mid, None)
         self._ack(job.msg)
+        if job.stored is not None and self.replies is not None:
+            self.replies.forget(job.stored)
         self.in_flight -= 1
         if self.in_flight == 0:
             self._idle.set()

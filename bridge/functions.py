@@ -64,13 +64,15 @@ def split_spec(spec: str) -> tuple[str, str | None]:
 
 def _import(module: str, path: Path, reload: bool) -> ModuleType:
     existing = sys.modules.get(module)
-    if existing is not None and not reload:
+    if existing is not None:
         if getattr(existing, "__file__", None) == str(path):
-            return existing
-        raise HandlerLoadError(
-            f"module name {module!r} clashes with an already imported module "
-            f"({getattr(existing, '__file__', 'built-in')}); rename the handler file"
-        )
+            if not reload:
+                return existing
+        else:
+            raise HandlerLoadError(
+                f"module name {module!r} clashes with an already imported module "
+                f"({getattr(existing, '__file__', 'built-in')}); rename the handler file"
+            )
     spec = importlib.util.spec_from_file_location(module, path)
     if spec is None or spec.loader is None:
         raise HandlerLoadError(f"cannot load {path}")

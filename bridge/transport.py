@@ -55,12 +55,14 @@ class MqttTransport:
         receive_maximum: int = 256,
         password: str | None = None,
         on_session_lost: Callable[[], None] | None = None,
+        on_connected: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self.subscriptions = subscriptions
         self._deliver = on_message
         self._published = on_published
         self._session_lost = on_session_lost
+        self._connected_cb = on_connected
         self._v5 = config.protocol == 5
         self._receive_maximum = receive_maximum
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -189,6 +191,8 @@ class MqttTransport:
                 self._session_lost()
         log.info("connected to %s:%d (session %s)", self.config.host, self.config.port,
                  "resumed" if flags.session_present else "new")
+        if self._connected_cb is not None:
+            self._connected_cb()  # replies parked while disconnected go out first
         self._pending_subacks = 0
         for index, sub in enumerate(self.subscriptions, start=1):
             if self._v5:
@@ -328,6 +332,10 @@ class MqttTransport:
         if info.rc not in (paho.MQTT_ERR_SUCCESS,):
             log.warning("reply to %r not published: %s", out.topic, paho.error_string(info.rc))
         return None
+
+    @property
+    def is_connected(self) -> bool:
+        return self._client.is_connected()
 
     def ack(self, mid: int, qos: int) -> None:
         self._client.ack(mid, qos)

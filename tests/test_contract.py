@@ -171,8 +171,6 @@ def test_dict_body_that_cannot_be_utf8_is_a_result_error():
     assert str(info.value).startswith("body is not JSON-serialisable:")
 
 
-@pytest.mark.xfail(strict=True, reason="a str body with a lone surrogate raises UnicodeEncodeError from normalise "
-                                       "instead of ResultError, so the 500 blames a line of bridge/contract.py")
 def test_str_body_that_cannot_be_utf8_is_a_result_error():
     with pytest.raises(ResultError) as info:
         normalise({"body": "bad \ud800 text"})

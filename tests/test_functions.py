@@ -233,8 +233,6 @@ def test_module_name_clash_with_an_already_imported_module(tmp_path):
     assert json.dumps({"a": 1}) == '{"a": 1}'
 
 
-@pytest.mark.xfail(strict=True, reason="reload=True skips the clash check: a handler file named json.py "
-                                       "replaces the standard json module in sys.modules")
 def test_reload_does_not_replace_an_unrelated_module(tmp_path):
     real_json = sys.modules["json"]
     _write(tmp_path, "json.py", "def handle(req):\n    return {'body': 'shadow'}\n")
