@@ -275,6 +275,7 @@ class Dispatcher:
             # An ack queued now would be lost with the connection, and paho would keep a QoS
             # >= 1 reply only in memory: park it, durably when the request will be redelivered.
             self._parked.append((job, out))
+            log.info("reply for %s parked until the broker is back", job.msg.topic)
             if out is not None and job.msg.qos and self.replies is not None and job.stored is None:
                 job.stored = request_key(job.msg)
                 self.replies.save(job.stored, out)
