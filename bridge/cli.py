@@ -38,7 +38,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     logs.setup(config.logging.level, config.logging.function_level)
     try:
-        bridge = Bridge(config)
+        bridge = Bridge(config, args.config)
     except ConfigError as exc:
         print(f"iot-bridge: {exc}", file=sys.stderr)
         return 2

@@ -17,10 +17,10 @@ import swx
 from . import runtime, secretstore, systemd
 from .iotstudio import client as api_client
 from .iotstudio.automation import ThingWriter
-from .config import BridgeConfig, environment
+from .config import BridgeConfig, environment, load_config
 from .contract import Context
 from .dispatch import Dispatcher, Route
-from .errors import ConfigError, HandlerLoadError
+from .errors import BridgeError, ConfigError, HandlerLoadError
 from .replystore import ReplyStore
 from .functions import Function, Unavailable, load_function, module_path, split_spec
 from .transport import MqttTransport, Subscription
@@ -64,8 +64,9 @@ def load_routes(config: BridgeConfig, *, reload: bool = False) -> list[Route]:
 class Bridge:
     """The running daemon: one transport, one dispatcher, the loaded routes."""
 
-    def __init__(self, config: BridgeConfig) -> None:
+    def __init__(self, config: BridgeConfig, config_path: str | None = None) -> None:
         self.config = config
+        self.config_path = config_path
         runtime.configure(config)
         secretstore.configure(config.secrets.dir)
         self.password = self._broker_password()
@@ -95,6 +96,39 @@ class Bridge:
         if store is None or not store.exists(name):
             raise ConfigError(f"mqtt.password_secret: no secret named {name!r}", key="mqtt.password_secret")
         return store.get(name)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config and re-import the functions; the MQTT session stays.
+
+        A config that does not validate (or names a missing module) is logged and ignored: the
+        running configuration keeps serving.  ``[mqtt]`` changes need a restart.
+        """
+        if self.config_path is None or self.dispatcher is None or self.transport is None:
+            log.warning("reload requested but the bridge is not running from a config file")
+            return
+        with self.notifier.reloading("reloading configuration", "serving"):
+            try:
+                config = load_config(self.config_path)
+                if config.mqtt != self.config.mqtt:
+                    log.warning("[mqtt] changes take effect after a restart; the connection is kept as it is")
+                    config = config.model_copy(update={"mqtt": self.config.mqtt})
+                if any(r.thing is not None for r in config.routes) and self.things is None:
+                    raise ConfigError("Thing routes added by a reload need a restart")
+                secretstore.configure(config.secrets.dir)
+                swx.configure(config.iot_studio.api_url)
+                routes = load_routes(config, reload=True)
+            except BridgeError as exc:
+                log.error("reload failed; still serving the previous configuration: %s", exc)
+                return
+            old = self.routes
+            self.config, self.routes = config, routes
+            runtime.configure(config)
+            self.dispatcher.set_routes(config, routes)
+            self.transport.set_subscriptions([Subscription(r.config.topic, r.config.qos) for r in routes])
+            for route in old:
+                if route.pool is not None:
+                    route.pool.shutdown()  # its queued calls still run first
+            log.info("reloaded %s: %d route(s)", self.config_path, len(routes))
 
     def stop(self) -> None:
         """Begin a graceful shutdown (safe to call from a signal handler)."""
@@ -128,6 +162,7 @@ class Bridge:
         self.transport, self.dispatcher = transport, dispatcher
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         self.notifier.start_watchdog(loop)  # pinged from this loop: a blocked loop stops it
         runner = asyncio.create_task(transport.run(), name="mqtt")
         log.info("serving %d route(s) on %s:%d as %r", len(self.routes), self.config.mqtt.host,

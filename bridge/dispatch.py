@@ -94,13 +94,19 @@ class Dispatcher:
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
-        self._idle.set()
+        if self.in_flight == 0:
+            self._idle.set()
         self._max = self.config.limits.max_in_flight
         self._resume_at = max(self._max * 3 // 4, self._max - 1)
         self._filters = [r.config.topic for r in self.routes]
         self._verdicts: dict[str, str] = {}  # reply topic -> why it is refused ("" = allowed)
 
     # -- intake -------------------------------------------------------------------------------
+    def set_routes(self, config: BridgeConfig, routes: list[Route]) -> None:
+        """Serve ``routes`` from now on (a reload); requests already running finish as they were."""
+        self.config, self.routes = config, routes
+        self.__post_init__()
+
     def route_for(self, msg: Inbound) -> Route | None:
         """The route a message was delivered for: by v5 subscription id, else first match."""
         for sid in msg.subscription_ids:

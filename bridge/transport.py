@@ -75,6 +75,7 @@ class MqttTransport:
         self._down.set()
         self.connected = asyncio.Event()  # set after CONNACK and every SUBACK
         self._pending_subacks = 0
+        self._unsubscribe: set[str] = set()  # filters dropped by a reload, not yet unsubscribed
         self.connections = 0  # successful connects so far (reconnects count)
         self._was_up = False  # the current connection got a successful CONNACK
         self._client = self._make_client(password)
@@ -193,6 +194,14 @@ class MqttTransport:
                  "resumed" if flags.session_present else "new")
         if self._connected_cb is not None:
             self._connected_cb()  # replies parked while disconnected go out first
+        self._subscribe_all(client)
+        if self._pending_subacks == 0:
+            self.connected.set()
+
+    def _subscribe_all(self, client: paho.Client) -> None:
+        if self._unsubscribe:
+            client.unsubscribe(sorted(self._unsubscribe))
+            self._unsubscribe.clear()
         self._pending_subacks = 0
         for index, sub in enumerate(self.subscriptions, start=1):
             if self._v5:
@@ -206,8 +215,18 @@ class MqttTransport:
                 rc, _ = client.subscribe(sub.topic, qos=sub.qos)
             if rc == paho.MQTT_ERR_SUCCESS:
                 self._pending_subacks += 1
-        if self._pending_subacks == 0:
-            self.connected.set()
+
+    def set_subscriptions(self, subscriptions: list[Subscription]) -> None:
+        """Replace the subscriptions (a reload) without dropping the session.
+
+        Filters no longer wanted are unsubscribed; every wanted one is subscribed again, which
+        renews its options and subscription id.  While disconnected this happens on connect.
+        """
+        wanted = {s.topic for s in subscriptions}
+        self._unsubscribe |= {s.topic for s in self.subscriptions} - wanted
+        self.subscriptions = subscriptions
+        if self._client.is_connected():
+            self._subscribe_all(self._client)
 
     def _on_subscribe(self, _c: paho.Client, _u: Any, mid: int, reasons: Any, _p: Any) -> None:
         for reason in reasons:
