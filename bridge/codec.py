@@ -30,11 +30,19 @@ def _user_property(msg: Inbound, name: str) -> str | None:
     return None
 
 
+MAX_USER_PROPERTIES = 256
+MAX_USER_PROPERTY_BYTES = 64 * 1024
+
+
 def check_request(msg: Inbound, max_payload: int) -> Response | None:
     """The error response a message gets before any function runs, or None when acceptable."""
     if len(msg.payload) > max_payload:
         return error_body(413, f"payload of {len(msg.payload)} bytes exceeds the limit of {max_payload}")
     if msg.user_properties:
+        size = sum(len(k) + len(v) for k, v in msg.user_properties)
+        if len(msg.user_properties) > MAX_USER_PROPERTIES or size > MAX_USER_PROPERTY_BYTES:
+            return error_body(431, f"{len(msg.user_properties)} user properties of {size} characters exceed the "
+                                   f"limits of {MAX_USER_PROPERTIES} and {MAX_USER_PROPERTY_BYTES}")
         method = _user_property(msg, "method")
         if method is not None and method.upper() not in METHODS:
             return error_body(405, f"method {method[:32]!r} not allowed; use one of {', '.join(sorted(METHODS))}")

@@ -188,3 +188,29 @@ def test_binary_body_is_base64_in_json_replies(make_bridge, broker, topic_prefix
     assert reply["body_encoding"] == "base64"
     assert base64.b64decode(reply["body"]) == bytes(range(256))
     assert reply["headers"]["Content-Type"] == "application/octet-stream"
+
+
+def test_oversized_payload_and_huge_user_properties_are_refused(make_bridge, broker, topic_prefix):
+    t = topic_prefix
+    bridge = make_bridge([{"topic": f"{t}/inspect", "handler": "inspect_event"}], limits={"max_payload": 1000})
+    big = rr(broker.port, f"{t}/inspect", "x" * 1001)
+    assert big["status_code"] == 413 and "1001 bytes exceeds the limit of 1000" in big["body"]["error"]["message"]
+    many = [("publish", "user-property", f"k{i}", "v") for i in range(300)]
+    crowded = rr(broker.port, f"{t}/inspect", "x", props=many)
+    assert crowded["status_code"] == 431
+    huge = rr(broker.port, f"{t}/inspect", "x", props=[("publish", "user-property", f"k{i}", "v" * 40000) for i in range(2)])
+    assert huge["status_code"] == 431
+    assert rr(broker.port, f"{t}/inspect", "x" * 1000)["status_code"] == 200
+    assert bridge.proc.poll() is None
+
+
+def test_response_topic_with_wildcards_or_dollar_is_refused(make_bridge, broker, topic_prefix):
+    t = topic_prefix
+    bridge = make_bridge([{"topic": f"{t}/inspect", "handler": "inspect_event"}],
+                         replies={"allowed_topics": ["replies/#", "$SYS/#"]})
+    for bad in ("replies/+/x", "$SYS/replies"):
+        run = subprocess.run(["mosquitto_pub", "-V", "5", "-p", str(broker.port), "-q", "1", "-t", f"{t}/inspect",
+                              "-D", "publish", "response-topic", bad, "-m", "x"], capture_output=True, timeout=10)
+        if run.returncode == 0:  # mosquitto_pub itself may refuse a wildcard response topic
+            bridge.wait_for_log(f"response topic {bad!r} is not a valid topic to publish to")
+    assert rr(broker.port, f"{t}/inspect", "ok")["status_code"] == 200
