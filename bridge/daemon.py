@@ -165,6 +165,8 @@ class Bridge:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         self.notifier.start_watchdog(loop)  # pinged from this loop: a blocked loop stops it
         runner = asyncio.create_task(transport.run(), name="mqtt")
+        if self.config.logging.log_payloads:
+            log.warning("logging.log_payloads is on: message payloads (and any secret in them) go to the log")
         log.info("serving %d route(s) on %s:%d as %r", len(self.routes), self.config.mqtt.host,
                  self.config.mqtt.port, self.config.mqtt.client_id)
         ready = asyncio.create_task(self._announce_ready(transport))

@@ -100,6 +100,7 @@ class Dispatcher:
         self._resume_at = max(self._max * 3 // 4, self._max - 1)
         self._filters = [r.config.topic for r in self.routes]
         self._verdicts: dict[str, str] = {}  # reply topic -> why it is refused ("" = allowed)
+        self._log_payloads = self.config.logging.log_payloads
 
     # -- intake -------------------------------------------------------------------------------
     def set_routes(self, config: BridgeConfig, routes: list[Route]) -> None:
@@ -121,6 +122,8 @@ class Dispatcher:
             # the running job acknowledges this mid when it finishes.
             log.debug("redelivery of mid %d already in progress", msg.mid)
             return
+        if self._log_payloads:
+            log.info("message on %s (qos %d, %d bytes): %r", msg.topic, msg.qos, len(msg.payload), msg.payload[:1024])
         route = self.route_for(msg)
         if route is None:
             log.warning("no route for topic %r; acknowledged and dropped", msg.topic)

@@ -214,3 +214,11 @@ def test_response_topic_with_wildcards_or_dollar_is_refused(make_bridge, broker,
         if run.returncode == 0:  # mosquitto_pub itself may refuse a wildcard response topic
             bridge.wait_for_log(f"response topic {bad!r} is not a valid topic to publish to")
     assert rr(broker.port, f"{t}/inspect", "ok")["status_code"] == 200
+
+
+def test_payloads_are_logged_only_with_the_debug_flag(make_bridge, broker, topic_prefix):
+    t = topic_prefix
+    bridge = make_bridge([{"topic": f"{t}/inspect", "handler": "inspect_event"}], logging={"log_payloads": True})
+    rr(broker.port, f"{t}/inspect", "visible-payload-42")
+    bridge.wait_for_log("visible-payload-42")
+    assert "logging.log_payloads is on" in bridge.log()
