@@ -261,5 +261,5 @@ def environment() -> Environment:
         secrets_path=env.get("_SECRETS_PATH") or None,
         mqtt_broker=env.get("MQTT_BROKER") or None,
         notify_socket=env.get("NOTIFY_SOCKET") or None,
-        watchdog_usec=env.get("WATCHDOG_USEC") or None,
+        watchdog_usec=int(env["WATCHDOG_USEC"]) if env.get("WATCHDOG_USEC", "").isdigit() else None,
     )
