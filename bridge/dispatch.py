@@ -44,6 +44,7 @@ class Publisher(Protocol):
     def ack(self, mid: int, qos: int) -> None: ...
     def pause(self) -> None: ...
     def resume(self) -> None: ...
+    def flush(self) -> None: ...  # write queued packets now
     @property
     def is_connected(self) -> bool: ...
 
@@ -231,6 +232,7 @@ class Dispatcher:
         completed = self._completed
         while completed:
             self._finish(*completed.popleft())
+        self.publisher.flush()  # one write for the batch, without waiting a loop iteration
 
     async def _run_async(self, job: Job, function: Function) -> None:
         current_function.set(function.name)
@@ -240,6 +242,7 @@ class Dispatcher:
         except TimeoutError:
             response = self._timeout_response(job)
         self._finish(job, response)
+        self.publisher.flush()
 
     def _timeout_response(self, job: Job) -> Response:
         return error_body(504, f"function {job.route.function.name} timed out after {job.route.config.timeout:g} s")  # type: ignore[union-attr]

@@ -19,6 +19,7 @@ import logging
 import random
 import socket
 import ssl
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -40,6 +41,44 @@ READ_BURST = 64  # packets read per socket wake-up at most, so writes and timers
 class Subscription:
     topic: str
     qos: int
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        n, digit = n >> 7, n & 0x7F
+        out.append(digit | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(value: bytes) -> bytes:
+    return len(value).to_bytes(2, "big") + value
+
+
+class _PublishProperties(Properties):
+    """PUBLISH properties packed directly from an Outbound.
+
+    paho's Properties validates every attribute assignment; building one per reply cost more
+    than the rest of the reply path together.  The wire format is MQTT v5 section 2.2.2.
+    """
+
+    def __init__(self, out: Outbound) -> None:
+        buf = bytearray()
+        if out.content_type:
+            buf += b"\x03" + _field(out.content_type.encode())
+        if out.correlation_data is not None:
+            buf += b"\x09" + _field(out.correlation_data)
+        for name, value in out.user_properties:
+            buf += b"\x26" + _field(name.encode()) + _field(value.encode())
+        object.__setattr__(self, "packetType", PacketTypes.PUBLISH)
+        object.__setattr__(self, "_packed", _varint(len(buf)) + bytes(buf))
+
+    def pack(self) -> bytes:
+        return self._packed  # type: ignore[no-any-return]
+
+    def __str__(self) -> str:
+        return f"<{len(self._packed)} bytes of properties>"
 
 
 class MqttTransport:
@@ -67,6 +106,16 @@ class MqttTransport:
         self._receive_maximum = receive_maximum
         self._loop: asyncio.AbstractEventLoop | None = None
         self._paused = False
+        # Backpressure (pause) must not stop reading outright: the PUBACKs of replies, which
+        # finish the requests in flight, arrive on the same socket.  While paused, messages
+        # that arrive are held here (QoS >= 1 ones are bounded by the broker's Receive
+        # Maximum) and delivered on resume; reading stops only when the hold is full and no
+        # reply awaits its PUBACK.
+        self._held: deque[Inbound] = deque()
+        self._hold_max = max(receive_maximum, 1)
+        self._releasing = False
+        self._reader_on = False
+        self.dropped_qos0 = 0
         self._writer_armed = False
         self._flush_scheduled = False
         self._misc_timer: asyncio.TimerHandle | None = None
@@ -238,6 +287,10 @@ class MqttTransport:
 
     def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self.connected.clear()
+        if self._held:
+            # Held QoS >= 1 messages were never acknowledged: the broker redelivers them when
+            # the session resumes, and their mids mean nothing on the next connection.
+            self._held = deque(m for m in self._held if not m.qos)
         if not self._stopping:
             log.warning("disconnected from the broker: %s", reason)
         self._down.set()
@@ -258,12 +311,31 @@ class MqttTransport:
             msg.content_type = getattr(props, "ContentType", None)
             msg.user_properties = getattr(props, "UserProperty", None) or []
             msg.subscription_ids = getattr(props, "SubscriptionIdentifier", None) or []
+        if self._paused or self._held:
+            self._hold(msg)
+        else:
+            self._dispatch(msg)
+
+    def _dispatch(self, msg: Inbound) -> None:
         try:
             self._deliver(msg)
         except Exception:
-            log.exception("dispatch failed for a message on %r; acknowledged", topic)
-            if m.qos:
-                client.ack(m.mid, m.qos)
+            log.exception("dispatch failed for a message on %r; acknowledged", msg.topic)
+            if msg.qos:
+                self._client.ack(msg.mid, msg.qos)
+
+    def _hold(self, msg: Inbound) -> None:
+        """Paused: keep ``msg`` for :meth:`resume`, and stop reading once the hold is full."""
+        if msg.qos == 0 and len(self._held) >= self._hold_max:
+            # Only reached while reading on for the PUBACKs of replies, past a QoS 0 flood.
+            self.dropped_qos0 += 1
+            if self.dropped_qos0 % 1000 == 1:
+                log.warning("QoS 0 message on %r dropped: the bridge is saturated (%d dropped so far)",
+                            msg.topic, self.dropped_qos0)
+        else:
+            self._held.append(msg)
+        if self._paused and len(self._held) >= self._hold_max and not self._client._out_messages:  # noqa: SLF001
+            self._set_reader(False)  # the broker (and TCP) hold the rest
 
     def _on_publish(self, _c: paho.Client, _u: Any, mid: int, _r: Any, _p: Any) -> None:
         self._published(mid)
@@ -274,12 +346,23 @@ class MqttTransport:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-        if not self._paused:
+        self._loop.add_reader(sock, self._read)  # always: CONNACK and SUBACKs must be read
+        self._reader_on = True
+
+    def _set_reader(self, on: bool) -> None:
+        sock = self._client.socket()
+        if on == self._reader_on or sock is None or self._loop is None:
+            return
+        if on:
             self._loop.add_reader(sock, self._read)
+        else:
+            self._loop.remove_reader(sock)
+        self._reader_on = on
 
     def _on_socket_close(self, _c: paho.Client, _u: Any, sock: Any) -> None:
         assert self._loop is not None
         self._loop.remove_reader(sock)
+        self._reader_on = False
         if self._writer_armed:
             self._loop.remove_writer(sock)
             self._writer_armed = False
@@ -298,7 +381,7 @@ class MqttTransport:
             if rc != paho.MQTT_ERR_SUCCESS:
                 client._loop_rc_handle(rc)  # noqa: SLF001
                 return
-            if client.socket() is None or self._paused:
+            if client.socket() is None or not self._reader_on:
                 return
         sock = client.socket()
         # TLS may hold decrypted bytes the selector cannot see.
@@ -316,11 +399,16 @@ class MqttTransport:
             self._loop.remove_writer(sock)
             self._writer_armed = False
 
+    def flush(self) -> None:
+        """Write what is queued now rather than at the next loop iteration (saves latency)."""
+        if self._flush_scheduled:
+            self._flush()
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         client = self._client
         sock = client.socket()
-        if sock is None:
+        if sock is None or self._writer_armed or not client.want_write():
             return
         self._writer_armed = True  # inside loop_write, register_write must not reschedule
         client.loop_write()
@@ -338,15 +426,11 @@ class MqttTransport:
         """Hand a message to paho; return its mid when the broker's ack is to be awaited."""
         props = None
         if self._v5 and (out.correlation_data is not None or out.content_type or out.user_properties):
-            props = Properties(PacketTypes.PUBLISH)
-            if out.correlation_data is not None:
-                props.CorrelationData = out.correlation_data
-            if out.content_type:
-                props.ContentType = out.content_type
-            if out.user_properties:
-                props.UserProperty = out.user_properties
+            props = _PublishProperties(out)
         info = self._client.publish(out.topic, out.payload, out.qos, properties=props)
         if out.qos and info.rc in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+            if not self._reader_on:
+                self._set_reader(True)  # its PUBACK must be read, also while paused
             return info.mid  # paho resends it after a reconnect
         if info.rc not in (paho.MQTT_ERR_SUCCESS,):
             log.warning("reply to %r not published: %s", out.topic, paho.error_string(info.rc))
@@ -360,17 +444,22 @@ class MqttTransport:
         self._client.ack(mid, qos)
 
     def pause(self) -> None:
-        """Stop reading from the broker (backpressure)."""
+        """Deliver no more messages until :meth:`resume` (backpressure); see ``_hold``."""
         self._paused = True
-        sock = self._client.socket()
-        if sock is not None and self._loop is not None:
-            self._loop.remove_reader(sock)
 
     def resume(self) -> None:
+        """Deliver the held messages, then what arrives, until paused again."""
         self._paused = False
-        sock = self._client.socket()
-        if sock is not None and self._loop is not None:
-            self._loop.add_reader(sock, self._read)
+        if self._releasing:  # called from a delivery below: that loop goes on
+            return
+        self._releasing = True
+        try:
+            while self._held and not self._paused:
+                self._dispatch(self._held.popleft())
+        finally:
+            self._releasing = False
+        if not self._paused or len(self._held) < self._hold_max:
+            self._set_reader(True)
 
     async def close(self, timeout: float = 5.0) -> None:
         """Disconnect cleanly (the broker keeps the session until it expires)."""
