@@ -100,7 +100,7 @@ class Dispatcher:
         self._max = self.config.limits.max_in_flight
         self._resume_at = max(self._max * 3 // 4, self._max - 1)
         self._filters = [r.config.topic for r in self.routes]
-        self._verdicts: dict[str, str] = {}  # reply topic -> why it is refused ("" = allowed)
+        self._verdicts: dict[tuple[str, bool], str] = {}  # (topic, requested) -> why refused ("" = ok)
         self._log_payloads = self.config.logging.log_payloads
 
     # -- intake -------------------------------------------------------------------------------
@@ -161,23 +161,18 @@ class Dispatcher:
 
     def _reply_topic(self, msg: Inbound, route: Route) -> str | None:
         if msg.response_topic is not None:
-            topic = msg.response_topic
-            verdict = self._verdicts.get(topic)
-            if verdict is None:
-                verdict = self._judge(topic, response_topic=True)
-            if verdict:
-                log.warning("response topic %r %s; no reply published", topic, verdict)
-                return None
-            return topic
-        template = route.config.reply_topic
-        if template is None:
+            topic, requested = msg.response_topic, True
+        elif route.config.reply_topic is not None:
+            topic, requested = route.config.reply_topic.format(topic=msg.topic), False
+        else:
             return None
-        topic = template.format(topic=msg.topic)
-        verdict = self._verdicts.get(topic)
+        # Keyed by kind too: a template may reply outside the allow-list, a request may not.
+        verdict = self._verdicts.get((topic, requested))
         if verdict is None:
-            verdict = self._judge(topic, response_topic=False)
+            verdict = self._judge(topic, response_topic=requested)
         if verdict:
-            log.error("reply topic %r %s; no reply published", topic, verdict)
+            log.warning("%s %r %s; no reply published", "response topic" if requested else "reply topic",
+                        topic, verdict)
             return None
         return topic
 
@@ -194,7 +189,7 @@ class Dispatcher:
             verdict = ""
         if len(self._verdicts) >= 4096:  # bounded: topics are chosen by whoever publishes
             self._verdicts.clear()
-        self._verdicts[topic] = verdict
+        self._verdicts[(topic, response_topic)] = verdict
         return verdict
 
     def _take(self, job: Job) -> None:

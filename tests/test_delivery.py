@@ -4,21 +4,10 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from pathlib import Path
 
 from tests.support.clients import Sub, pub
-
-
-def _wait_file_lines(path: Path, count: int, timeout: float = 10.0) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = path.read_text().splitlines() if path.exists() else []
-        if len(lines) >= count:
-            return lines
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path} has {lines}, expected {count} lines")
-        time.sleep(0.02)
+from tests.support.waiting import file_lines
 
 
 def _bodies(lines: list[str]) -> list[str]:
@@ -35,7 +24,7 @@ def test_requests_in_flight_when_sigkilled_are_answered_after_restart(make_bridg
         query = ("publish", "user-property", "query", f"file={seen}&sleep=1")
         for i in range(5):
             pub(broker.port, f"{t}/work", f"req-{i}", props=[query])
-        _wait_file_lines(seen, 1)  # the first call is running, four more wait in the bridge
+        file_lines(seen, 1)  # the first call is running, four more wait in the bridge
         bridge.kill()
         assert sub.lines() == []  # nothing was answered before the kill
         bridge.start()
@@ -54,7 +43,7 @@ def test_sigterm_finishes_in_flight_work_and_exits_0(make_bridge, broker, topic_
     sub = Sub(broker.port, f"replies/{t}/work", tmp_path)
     try:
         pub(broker.port, f"{t}/work", "last", props=[("publish", "user-property", "query", f"file={seen}&sleep=1")])
-        _wait_file_lines(seen, 1)
+        file_lines(seen, 1)
         bridge.signal(signal.SIGTERM)
         assert bridge.wait(20) == 0
         assert _bodies(sub.wait_lines(1)) == ["last"]

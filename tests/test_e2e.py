@@ -222,3 +222,13 @@ def test_payloads_are_logged_only_with_the_debug_flag(make_bridge, broker, topic
     rr(broker.port, f"{t}/inspect", "visible-payload-42")
     bridge.wait_for_log("visible-payload-42")
     assert "logging.log_payloads is on" in bridge.log()
+
+
+def test_a_reply_template_outside_the_allow_list_does_not_open_it_to_requests(make_bridge, broker, topic_prefix):
+    t = topic_prefix
+    bridge = make_bridge([{"topic": f"{t}/in", "handler": "inspect_event", "reply_topic": f"out/{t}"}])
+    pub(broker.port, f"{t}/in", "via template")  # the route may reply on out/...
+    # ...but a request naming out/... as its response topic is still refused.
+    subprocess.run(["mosquitto_pub", "-V", "5", "-p", str(broker.port), "-q", "1", "-t", f"{t}/in",
+                    "-D", "publish", "response-topic", f"out/{t}", "-m", "x"], check=True, timeout=10)
+    bridge.wait_for_log(f"response topic 'out/{t}' is not in replies.allowed_topics")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import EXAMPLES
 from tests.support.clients import pub, rr
+from tests.support.waiting import wait_for
 from tests.support.standin import CATEGORY, CLIENT_ID, CLIENT_SECRET, SPACE, THING
 
 pytest_plugins = ["tests.support.standin"]
@@ -24,17 +24,6 @@ def secrets_dir(tmp_path: Path) -> Path:
         (d / name).write_text(value + "\n")
         os.chmod(d / name, 0o600)
     return d
-
-
-def _wait(condition, timeout: float = 15.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
-        time.sleep(0.02)
 
 
 THING_ROUTE = {"space": SPACE, "category": CATEGORY, "thing_id": THING,
@@ -71,7 +60,7 @@ def test_no_code_route_writes_the_payload(make_bridge, broker, topic_prefix, sta
                 iot_studio={"api_url": standin.url}, secrets={"dir": str(secrets_dir)})
     reply = rr(broker.port, f"{topic_prefix}/props", '{"humidity": 40}')
     assert reply["status_code"] == 202
-    _wait(lambda: standin.properties(SPACE, THING).get("humidity") == 40, what="property written")
+    wait_for(lambda: standin.properties(SPACE, THING).get("humidity") == 40, what="property written")
     bad = rr(broker.port, f"{topic_prefix}/props", "[1, 2]")
     assert bad["status_code"] == 400 and "JSON object" in bad["body"]["error"]["message"]
 
@@ -81,7 +70,7 @@ def test_function_result_is_written_through_a_thing_route(make_bridge, broker, t
     make_bridge([{"topic": f"{topic_prefix}/fn", "handler": "inspect_event", "thing": THING_ROUTE}],
                 iot_studio={"api_url": standin.url}, secrets={"dir": str(secrets_dir)})
     assert rr(broker.port, f"{topic_prefix}/fn", "x")["status_code"] == 200
-    _wait(lambda: standin.properties(SPACE, THING).get("method") == "POST", what="result written")
+    wait_for(lambda: standin.properties(SPACE, THING).get("method") == "POST", what="result written")
 
 
 def test_updates_made_while_the_api_is_down_land_after_a_restart(make_bridge, broker, topic_prefix, standin,
@@ -94,11 +83,11 @@ def test_updates_made_while_the_api_is_down_land_after_a_restart(make_bridge, br
     bridge = make_bridge(routes, **sections)
     for n in range(1, 6):
         pub(broker.port, f"{topic_prefix}/props", json.dumps({"counter": n}))
-    _wait(lambda: _outbox_rows(tmp_path / "outbox.db") == 5, what="5 updates queued")
+    wait_for(lambda: _outbox_rows(tmp_path / "outbox.db") == 5, what="5 updates queued")
     assert bridge.stop() == 0  # restarted while the API is still down
     standin.faults.set_down(False)
     bridge.start()
-    _wait(lambda: standin.properties(SPACE, THING).get("counter") == 5, what="last update landed")
+    wait_for(lambda: standin.properties(SPACE, THING).get("counter") == 5, what="last update landed")
     history = [r.json for r in standin.requests if r.method == "PUT" and r.status == 200]
     assert [h["counter"] for h in history] == [1, 2, 3, 4, 5]  # each once, in order
     assert CLIENT_SECRET not in bridge.log()

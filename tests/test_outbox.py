@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.waiting import wait_for
+
 from bridge.config import IotStudioConfig, OutboxConfig, ThingTarget
 from bridge.errors import ConfigError
 from bridge.iotstudio.automation import ThingPayloadError, ThingWriter
@@ -25,18 +27,6 @@ TARGET = ThingTarget(space=SPACE, category=CATEGORY, thing_id=THING,
                      client_id_secret="iot-id", client_secret_secret="iot-secret")
 LOOSE = ThingTarget(space=SPACE, thing_id=LOOSE_THING,
                     client_id_secret="iot-id", client_secret_secret="iot-secret")
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Poll ``condition`` until it is truthy; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s")
-        time.sleep(0.01)
 
 
 @pytest.fixture

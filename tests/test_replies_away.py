@@ -3,21 +3,9 @@
 from __future__ import annotations
 
 import json
-import time
-from pathlib import Path
 
 from tests.support.clients import Sub, pub
-
-
-def _wait_lines(path: Path, count: int, timeout: float = 10.0) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = path.read_text().splitlines() if path.exists() else []
-        if len(lines) >= count:
-            return lines
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path}: {lines}")
-        time.sleep(0.02)
+from tests.support.waiting import file_lines
 
 
 def _start(make_bridge, own_broker, topic_prefix, tmp_path, **limits):
@@ -35,7 +23,7 @@ def test_reply_finished_while_broker_down_is_published_on_reconnect(make_bridge,
     try:
         pub(own_broker.port, f"{t}/work", "while-away",
             props=[("publish", "user-property", "query", f"file={seen}&sleep=1")])
-        _wait_lines(seen, 1)  # the function is running
+        file_lines(seen, 1)  # the function is running
         own_broker.stop()
         bridge.wait_for_log("reply for")  # the function finished while the broker is down
         assert "parked until the broker is back" in bridge.log()
@@ -57,7 +45,7 @@ def test_stored_reply_survives_a_bridge_restart(make_bridge, own_broker, topic_p
     try:
         pub(own_broker.port, f"{t}/work", "kept",
             props=[("publish", "user-property", "query", f"file={seen}&sleep=1")])
-        _wait_lines(seen, 1)
+        file_lines(seen, 1)
         own_broker.stop()
         bridge.wait_for_log("disconnected from the broker")
         # The function finishes while the broker is down; then the bridge is stopped with the
