@@ -114,6 +114,8 @@ class MqttTransport:
         self._held: deque[Inbound] = deque()
         self._hold_max = max(receive_maximum, 1)
         self._releasing = False
+        self._held_qos = 0  # held QoS >= 1 messages: more than Receive Maximum is a broker bug
+        self._overrun_warned = False
         self._reader_on = False
         self.dropped_qos0 = 0
         self._writer_armed = False
@@ -291,6 +293,7 @@ class MqttTransport:
             # Held QoS >= 1 messages were never acknowledged: the broker redelivers them when
             # the session resumes, and their mids mean nothing on the next connection.
             self._held = deque(m for m in self._held if not m.qos)
+            self._held_qos = 0
         if not self._stopping:
             log.warning("disconnected from the broker: %s", reason)
         self._down.set()
@@ -334,6 +337,13 @@ class MqttTransport:
                             msg.topic, self.dropped_qos0)
         else:
             self._held.append(msg)
+            if msg.qos:
+                self._held_qos += 1
+                if self._held_qos > self._hold_max and not self._overrun_warned:
+                    self._overrun_warned = True
+                    log.warning("the broker sent more unacknowledged messages than the Receive Maximum of %d "
+                                "(a broker bug, seen with mosquitto 2.0.11): the excess is held in memory",
+                                self._hold_max)
         if self._paused and len(self._held) >= self._hold_max and not self._client._out_messages:  # noqa: SLF001
             self._set_reader(False)  # the broker (and TCP) hold the rest
 
@@ -455,7 +465,10 @@ class MqttTransport:
         self._releasing = True
         try:
             while self._held and not self._paused:
-                self._dispatch(self._held.popleft())
+                msg = self._held.popleft()
+                if msg.qos:
+                    self._held_qos -= 1
+                self._dispatch(msg)
         finally:
             self._releasing = False
         if not self._paused or len(self._held) < self._hold_max:
