@@ -1,0 +1,282 @@
+"""Load clients for fault tests: paho clients on their own network thread, plus bulk
+publishing with ``mosquitto_pub -l``.
+
+At the rates the fault tests use (hundreds to a few thousand messages per second) a Python paho
+client is fast enough; it cannot measure a bridge that is faster than about 4-6k messages/s.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import statistics
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Iterable
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from tests.support.waiting import wait_for
+
+
+def _client(port: int, client_id: str, persistent: bool, session_expiry: int = 600) -> paho.Client:
+    """A v5 client; ``persistent``: clean start off and a session the broker keeps (and
+    persists) while the client is away, so its unacknowledged QoS 1 publishes are retried and
+    messages for it are queued."""
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    c.max_inflight_messages_set(100)
+    c.max_queued_messages_set(0)  # unlimited: the publisher keeps everything until acknowledged
+    c.reconnect_delay_set(min_delay=0.1, max_delay=1)  # type: ignore[arg-type]
+    # Without TCP_NODELAY a QoS 1 round trip stalls ~40 ms on Nagle's algorithm.
+    c.on_socket_open = lambda _c, _u, sock: sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = session_expiry if persistent else 0
+    c.connect_async("127.0.0.1", port, keepalive=10, clean_start=not persistent, properties=props)
+    return c
+
+
+class Collector:
+    """Subscribes (QoS 1, persistent session unless told otherwise) and keeps every payload."""
+
+    def __init__(self, port: int, topic: str, client_id: str, *, persistent: bool = True, qos: int = 1) -> None:
+        self.topic, self.qos = topic, qos
+        self.payloads: list[bytes] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self.connects = 0
+        self.client = _client(port, client_id, persistent)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *_a: self._subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.loop_start()
+        if not self._subscribed.wait(10):
+            raise AssertionError(f"collector on {topic} did not subscribe")
+
+    def _on_connect(self, client: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:
+        self.connects += 1
+        client.subscribe(self.topic, qos=self.qos)  # on every connect: the session may be new
+
+    def _on_message(self, _c: paho.Client, _u: object, m: paho.MQTTMessage) -> None:
+        with self._lock:
+            self.payloads.append(m.payload)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.payloads)
+
+    def snapshot(self) -> list[bytes]:
+        with self._lock:
+            return list(self.payloads)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class Publisher:
+    """Publishes on its own persistent session: paho resends unacknowledged QoS 1 messages
+    after a reconnect and sends those published while disconnected once connected."""
+
+    def __init__(self, port: int, client_id: str, *, persistent: bool = True) -> None:
+        self._connected = threading.Event()
+        self.client = _client(port, client_id, persistent)
+        self.client.on_connect = lambda *_a: self._connected.set()
+        self.client.on_publish = self._on_publish
+        self._lock = threading.Lock()
+        self.sent: set[int] = set()  # mids of QoS >= 1 publishes
+        self.acked: set[int] = set()  # ... that the broker acknowledged
+        self.client.loop_start()
+        if not self._connected.wait(10):
+            raise AssertionError("publisher did not connect")
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1, user_properties: list[tuple[str, str]] = ()) -> None:
+        props = None
+        if user_properties:
+            props = Properties(PacketTypes.PUBLISH)
+            props.UserProperty = list(user_properties)
+        # While disconnected paho keeps the message (rc "not connected") and sends it on connect.
+        info = self.client.publish(topic, payload, qos, properties=props)
+        if qos:
+            with self._lock:
+                self.sent.add(info.mid)
+
+    def _on_publish(self, _c: paho.Client, _u: object, mid: int, _r: object, _p: object) -> None:
+        with self._lock:
+            self.acked.add(mid)
+
+    def unacknowledged(self) -> int:
+        with self._lock:
+            return len(self.sent - self.acked)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class Requester:
+    """Closed-loop MQTT v5 request/reply (response topic + correlation data): one request in
+    flight, its round trip timed."""
+
+    def __init__(self, port: int, client_id: str) -> None:
+        self.reply_topic = f"replies/rt/{client_id}"
+        self._lock = threading.Lock()
+        self._waiting: dict[bytes, tuple[threading.Event, list[bytes]]] = {}
+        self._subscribed = threading.Event()
+        self.client = _client(port, client_id, persistent=False)
+        self.client.on_connect = lambda c, *_a: c.subscribe(self.reply_topic, qos=1)
+        self.client.on_subscribe = lambda *_a: self._subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.loop_start()
+        if not self._subscribed.wait(10):
+            raise AssertionError("requester did not subscribe")
+        self._ids = itertools.count(1)  # thread-safe in CPython: requests may come from threads
+
+    def _on_message(self, _c: paho.Client, _u: object, m: paho.MQTTMessage) -> None:
+        corr = getattr(m.properties, "CorrelationData", None)
+        with self._lock:
+            slot = self._waiting.get(corr) if corr is not None else None
+        if slot is not None:
+            slot[1].append(m.payload)
+            slot[0].set()
+
+    def request(self, topic: str, payload: bytes | str, *, timeout: float = 10.0, qos: int = 1,
+                user_properties: list[tuple[str, str]] = ()) -> tuple[bytes, float]:
+        """Publish a request and wait for its reply; return (reply payload, seconds)."""
+        corr = f"{os.getpid()}-{next(self._ids)}".encode()
+        event, box = threading.Event(), []
+        with self._lock:
+            self._waiting[corr] = (event, box)
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = self.reply_topic
+        props.CorrelationData = corr
+        if user_properties:
+            props.UserProperty = list(user_properties)
+        start = time.perf_counter()
+        self.client.publish(topic, payload, qos, properties=props)
+        ok = event.wait(timeout)
+        elapsed = time.perf_counter() - start
+        with self._lock:
+            del self._waiting[corr]
+        if not ok:
+            raise AssertionError(f"no reply on {self.reply_topic} to a request on {topic} within {timeout:g} s")
+        return box[0], elapsed
+
+    def latencies(self, topic: str, payload: bytes | str, n: int, timeout: float = 10.0) -> list[float]:
+        return [self.request(topic, payload, timeout=timeout)[1] for _ in range(n)]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def p50(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def bulk_publish(port: int, topic: str, lines: Iterable[bytes], *, qos: int = 1,
+                 user_properties: list[tuple[str, str]] = (), timeout: float = 120.0) -> float:
+    """Publish one message per item of ``lines`` (single-line payloads) with
+    ``mosquitto_pub -l``, as fast as it goes; return the seconds it took."""
+    data = b"".join(line + b"\n" for line in lines)
+    cmd = ["mosquitto_pub", "-V", "5", "-p", str(port), "-q", str(qos), "-t", topic, "-l"]
+    for name, value in user_properties:
+        cmd += ["-D", "publish", "user-property", name, value]
+    start = time.monotonic()
+    subprocess.run(cmd, input=data, check=True, timeout=timeout,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return time.monotonic() - start
+
+
+def proc_memory(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) of ``pid`` in KiB, from /proc/<pid>/status."""
+    out: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+class MemorySampler:
+    """Samples a process's VmRSS every ``interval`` seconds on a thread; keeps the maximum."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.pid, self.interval = pid, interval
+        self.max_rss_kib = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                rss = proc_memory(self.pid)["VmRSS"]
+            except (OSError, KeyError):
+                return  # the process is gone
+            self.max_rss_kib = max(self.max_rss_kib, rss)
+            self.samples += 1
+            self._stop.wait(self.interval)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(5)
+        return self.max_rss_kib
+
+
+def broker_unacked_peak(port: int, topic: str, *, receive_maximum: int, count: int,
+                        ack_interval: float = 0.001, timeout: float = 30.0) -> int:
+    """How many unacknowledged QoS 1 messages the broker has outstanding at most toward a client
+    that announces ``receive_maximum`` and acknowledges one message per ``ack_interval`` (a slow
+    consumer) while ``count`` messages are published at once.  A broker that follows MQTT 5
+    flow control (4.9) never exceeds ``receive_maximum``."""
+    unacked: set[int] = set()
+    lock = threading.Lock()
+    peak = received = 0
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"rm-{os.getpid()}-{time.monotonic_ns()}"[:23],
+                    protocol=paho.MQTTv5, manual_ack=True)
+    props = Properties(PacketTypes.CONNECT)
+    props.ReceiveMaximum = receive_maximum
+    subscribed = threading.Event()
+    c.on_connect = lambda client, *_a: client.subscribe(topic, qos=1)
+    c.on_subscribe = lambda *_a: subscribed.set()
+
+    def on_message(_c: paho.Client, _u: object, m: paho.MQTTMessage) -> None:
+        nonlocal peak, received
+        with lock:
+            unacked.add(m.mid)
+            received += 1
+            peak = max(peak, len(unacked))
+
+    c.on_message = on_message
+    c.connect("127.0.0.1", port, properties=props)
+    c.loop_start()
+    stop = threading.Event()
+
+    def acker() -> None:
+        while not stop.is_set():
+            with lock:
+                mid = next(iter(unacked), None)
+                unacked.discard(mid)
+            if mid is not None:
+                c.ack(mid, 1)
+            stop.wait(ack_interval)
+
+    thread = threading.Thread(target=acker, daemon=True)
+    try:
+        if not subscribed.wait(10):
+            raise AssertionError("receive-maximum probe did not subscribe")
+        thread.start()
+        bulk_publish(port, topic, [b"m"] * count, qos=1)
+        wait_for(lambda: received >= count and not unacked, timeout, f"{count} messages received and acknowledged")
+    finally:
+        stop.set()
+        thread.join(5)
+        c.disconnect()
+        c.loop_stop()
+    return peak
