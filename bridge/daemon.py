@@ -177,7 +177,7 @@ class Bridge:
         ready.cancel()
         log.info("stopping: finishing %d in-flight request(s)", dispatcher.in_flight)
         self.notifier.notify_stopping(f"stopping: finishing {dispatcher.in_flight} in-flight request(s)")
-        transport.pause()
+        dispatcher.stop_intake()
         if not await dispatcher.drain(self.config.limits.shutdown_grace):
             log.warning("%d request(s) unfinished after %g s; the broker will redeliver them",
                         dispatcher.in_flight, self.config.limits.shutdown_grace)

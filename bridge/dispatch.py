@@ -68,6 +68,7 @@ class Job:
     running: bool = False
     timer: asyncio.TimerHandle | None = None
     stored: str | None = None  # key of its reply in the reply store
+    orphaned: bool = False  # its packet id now names another message: never acknowledge
 
 
 class ThingSink(Protocol):
@@ -89,6 +90,7 @@ class Dispatcher:
     _running: dict[int, Job] = field(default_factory=dict)  # request mid -> job (QoS >= 1)
     _awaiting: dict[int, Job] = field(default_factory=dict)  # reply mid -> job
     _paused: bool = False
+    _closing: bool = False  # shutting down: intake stays stopped
     _completed: deque[tuple[Job, Response]] = field(default_factory=deque)  # from worker threads
     _wake_pending: bool = False
     _parked: list[tuple[Job, Outbound | None]] = field(default_factory=list)  # while disconnected
@@ -119,10 +121,14 @@ class Dispatcher:
     def handle(self, msg: Inbound) -> None:
         """Take one message from the transport (event loop thread)."""
         if msg.qos and msg.mid in self._running:
-            # The broker redelivered a message we are still working on (after a reconnect):
-            # the running job acknowledges this mid when it finishes.
-            log.debug("redelivery of mid %d already in progress", msg.mid)
-            return
+            if msg.dup:
+                # The broker redelivered a message we are still working on (after a reconnect):
+                # the running job acknowledges this mid when it finishes.
+                log.debug("redelivery of mid %d already in progress", msg.mid)
+                return
+            # A new message with the packet id of running work: the broker lost its state (a
+            # restart from an older snapshot). The old job must not acknowledge this one.
+            self._running.pop(msg.mid).orphaned = True
         if self._log_payloads:
             log.info("message on %s (qos %d, %d bytes): %r", msg.topic, msg.qos, len(msg.payload), msg.payload[:1024])
         route = self.route_for(msg)
@@ -333,21 +339,27 @@ class Dispatcher:
             self._done(job)
 
     def _done(self, job: Job) -> None:
-        if job.msg.qos:
-            self._running.pop(job.msg.mid, None)
-        self._ack(job.msg)
+        if job.msg.qos and self._running.get(job.msg.mid) is job:
+            del self._running[job.msg.mid]
+        if not job.orphaned:
+            self._ack(job.msg)
         if job.stored is not None and self.replies is not None:
             self.replies.forget(job.stored)
         self.in_flight -= 1
         if self.in_flight == 0:
             self._idle.set()
-        if self._paused and self.in_flight <= self._resume_at:
+        if self._paused and not self._closing and self.in_flight <= self._resume_at:
             self._paused = False
             self.publisher.resume()
 
     def _ack(self, msg: Inbound) -> None:
         if msg.qos:
             self.publisher.ack(msg.mid, msg.qos)
+
+    def stop_intake(self) -> None:
+        """Take no new messages, for good (shutdown); in-flight ones still finish."""
+        self._closing = True
+        self.publisher.pause()
 
     def session_lost(self) -> None:
         """The broker started a fresh session: pending mids mean nothing any more."""

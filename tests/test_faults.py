@@ -135,7 +135,7 @@ def test_broker_sigkill_and_restart_while_requests_stream_in(make_bridge, own_br
     acknowledged since the last save.  A request lost that way never reaches the bridge (the
     publisher was told it was delivered).  The restored session also reuses packet ids: a new
     request whose mid belongs to work still running is skipped by the bridge (counted as
-    skipped_as_in_progress; reproduced deterministically by the xfail test below)."""
+    skipped_as_in_progress; reproduced deterministically by the test below)."""
     r = _broker_restart_under_load(signal.SIGKILL, make_bridge, own_broker, topic_prefix, tmp_path)
     figures("broker_restart_sigkill", **r)
     # Whatever reached the function was answered.
@@ -143,11 +143,6 @@ def test_broker_sigkill_and_restart_while_requests_stream_in(make_bridge, own_br
     assert r["answered_distinct"] >= REQUESTS - 150  # at most ~1 s of requests at 150/s
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bridge/dispatch.py Dispatcher.handle treats any QoS>=1 message whose mid is in _running as a "
-    "redelivery and skips it; after a SIGKILL mosquitto restarts from its last snapshot and reuses "
-    "packet ids, so a new request is dropped and then acknowledged by the old job. Fix: skip only "
-    "when msg.dup is set; otherwise the old job must no longer acknowledge that mid."))
 def test_broker_restarted_from_an_older_snapshot_reuses_a_mid_of_running_work(
         make_bridge, own_broker, topic_prefix, tmp_path):
     """A is delivered (mid 1) right after an autosave and runs for 1.5 s; the broker is killed
@@ -362,11 +357,6 @@ def test_broker_respects_the_receive_maximum_the_bridge_relies_on(broker, topic_
     assert peak <= 50
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bridge/daemon.py stops intake with transport.pause() only; when the dispatcher was itself "
-    "paused at max_in_flight, Dispatcher._done() calls publisher.resume() during the drain, so "
-    "the bridge keeps taking new requests until shutdown_grace runs out. Fix: a Dispatcher "
-    "method that stops intake for good (no resume after it), called by the daemon instead."))
 def test_sigterm_during_a_flood_finishes_in_flight_work_only(make_bridge, broker, topic_prefix, tmp_path):
     t = topic_prefix
     runs = tmp_path / "runs.txt"
