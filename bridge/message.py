@@ -36,3 +36,29 @@ class Outbound:
     correlation_data: bytes | None = None
     content_type: str | None = None
     user_properties: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        n, digit = n >> 7, n & 0x7F
+        out.append(digit | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(value: bytes) -> bytes:
+    return len(value).to_bytes(2, "big") + value
+
+
+def pack_publish_properties(out: Outbound) -> bytes:
+    """The MQTT v5 PUBLISH property block (spec 2.2.2) for ``out``: content type, correlation
+    data and user properties, in the order paho packs them."""
+    buf = bytearray()
+    if out.content_type:
+        buf += b"\x03" + _field(out.content_type.encode())
+    if out.correlation_data is not None:
+        buf += b"\x09" + _field(out.correlation_data)
+    for name, value in out.user_properties:
+        buf += b"\x26" + _field(name.encode()) + _field(value.encode())
+    return _varint(len(buf)) + bytes(buf)

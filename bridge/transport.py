@@ -19,7 +19,6 @@ import logging
 import random
 import socket
 import ssl
-from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -30,7 +29,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from .config import MqttConfig
 from .errors import TransportError
-from .message import Inbound, Outbound
+from .intake import Intake
+from .message import Inbound, Outbound, pack_publish_properties
 
 log = logging.getLogger("bridge.transport")
 
@@ -43,19 +43,6 @@ class Subscription:
     qos: int
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, digit = n >> 7, n & 0x7F
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _field(value: bytes) -> bytes:
-    return len(value).to_bytes(2, "big") + value
-
-
 class _PublishProperties(Properties):
     """PUBLISH properties packed directly from an Outbound.
 
@@ -64,15 +51,8 @@ class _PublishProperties(Properties):
     """
 
     def __init__(self, out: Outbound) -> None:
-        buf = bytearray()
-        if out.content_type:
-            buf += b"\x03" + _field(out.content_type.encode())
-        if out.correlation_data is not None:
-            buf += b"\x09" + _field(out.correlation_data)
-        for name, value in out.user_properties:
-            buf += b"\x26" + _field(name.encode()) + _field(value.encode())
         object.__setattr__(self, "packetType", PacketTypes.PUBLISH)
-        object.__setattr__(self, "_packed", _varint(len(buf)) + bytes(buf))
+        object.__setattr__(self, "_packed", pack_publish_properties(out))
 
     def pack(self) -> bytes:
         return self._packed  # type: ignore[no-any-return]
@@ -105,19 +85,9 @@ class MqttTransport:
         self._v5 = config.protocol == 5
         self._receive_maximum = receive_maximum
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._paused = False
-        # Backpressure (pause) must not stop reading outright: the PUBACKs of replies, which
-        # finish the requests in flight, arrive on the same socket.  While paused, messages
-        # that arrive are held here (QoS >= 1 ones are bounded by the broker's Receive
-        # Maximum) and delivered on resume; reading stops only when the hold is full and no
-        # reply awaits its PUBACK.
-        self._held: deque[Inbound] = deque()
-        self._hold_max = max(receive_maximum, 1)
-        self._releasing = False
-        self._held_qos = 0  # held QoS >= 1 messages: more than Receive Maximum is a broker bug
-        self._overrun_warned = False
+        self._intake = Intake(self._dispatch, self._set_reader,
+                              lambda: bool(self._client._out_messages), receive_maximum)  # noqa: SLF001
         self._reader_on = False
-        self.dropped_qos0 = 0
         self._writer_armed = False
         self._flush_scheduled = False
         self._misc_timer: asyncio.TimerHandle | None = None
@@ -289,11 +259,7 @@ class MqttTransport:
 
     def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self.connected.clear()
-        if self._held:
-            # Held QoS >= 1 messages were never acknowledged: the broker redelivers them when
-            # the session resumes, and their mids mean nothing on the next connection.
-            self._held = deque(m for m in self._held if not m.qos)
-            self._held_qos = 0
+        self._intake.connection_lost()
         if not self._stopping:
             log.warning("disconnected from the broker: %s", reason)
         self._down.set()
@@ -314,10 +280,7 @@ class MqttTransport:
             msg.content_type = getattr(props, "ContentType", None)
             msg.user_properties = getattr(props, "UserProperty", None) or []
             msg.subscription_ids = getattr(props, "SubscriptionIdentifier", None) or []
-        if self._paused or self._held:
-            self._hold(msg)
-        else:
-            self._dispatch(msg)
+        self._intake.offer(msg)
 
     def _dispatch(self, msg: Inbound) -> None:
         try:
@@ -326,26 +289,6 @@ class MqttTransport:
             log.exception("dispatch failed for a message on %r; acknowledged", msg.topic)
             if msg.qos:
                 self._client.ack(msg.mid, msg.qos)
-
-    def _hold(self, msg: Inbound) -> None:
-        """Paused: keep ``msg`` for :meth:`resume`, and stop reading once the hold is full."""
-        if msg.qos == 0 and len(self._held) >= self._hold_max:
-            # Only reached while reading on for the PUBACKs of replies, past a QoS 0 flood.
-            self.dropped_qos0 += 1
-            if self.dropped_qos0 % 1000 == 1:
-                log.warning("QoS 0 message on %r dropped: the bridge is saturated (%d dropped so far)",
-                            msg.topic, self.dropped_qos0)
-        else:
-            self._held.append(msg)
-            if msg.qos:
-                self._held_qos += 1
-                if self._held_qos > self._hold_max and not self._overrun_warned:
-                    self._overrun_warned = True
-                    log.warning("the broker sent more unacknowledged messages than the Receive Maximum of %d "
-                                "(a broker bug, seen with mosquitto 2.0.11): the excess is held in memory",
-                                self._hold_max)
-        if self._paused and len(self._held) >= self._hold_max and not self._client._out_messages:  # noqa: SLF001
-            self._set_reader(False)  # the broker (and TCP) hold the rest
 
     def _on_publish(self, _c: paho.Client, _u: Any, mid: int, _r: Any, _p: Any) -> None:
         self._published(mid)
@@ -454,25 +397,11 @@ class MqttTransport:
         self._client.ack(mid, qos)
 
     def pause(self) -> None:
-        """Deliver no more messages until :meth:`resume` (backpressure); see ``_hold``."""
-        self._paused = True
+        """Deliver no more messages until :meth:`resume` (backpressure, see bridge.intake)."""
+        self._intake.pause()
 
     def resume(self) -> None:
-        """Deliver the held messages, then what arrives, until paused again."""
-        self._paused = False
-        if self._releasing:  # called from a delivery below: that loop goes on
-            return
-        self._releasing = True
-        try:
-            while self._held and not self._paused:
-                msg = self._held.popleft()
-                if msg.qos:
-                    self._held_qos -= 1
-                self._dispatch(msg)
-        finally:
-            self._releasing = False
-        if not self._paused or len(self._held) < self._hold_max:
-            self._set_reader(True)
+        self._intake.resume()
 
     async def close(self, timeout: float = 5.0) -> None:
         """Disconnect cleanly (the broker keeps the session until it expires)."""
