@@ -97,8 +97,11 @@ class Dispatcher:
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
-        if self.in_flight == 0:
-            self._idle.set()
+        self._idle.set()
+        self._configure()
+
+    def _configure(self) -> None:
+        """Derive the per-config state (at start and on every reload)."""
         self._max = self.config.limits.max_in_flight
         self._resume_at = max(self._max * 3 // 4, self._max - 1)
         self._filters = [r.config.topic for r in self.routes]
@@ -109,7 +112,7 @@ class Dispatcher:
     def set_routes(self, config: BridgeConfig, routes: list[Route]) -> None:
         """Serve ``routes`` from now on (a reload); requests already running finish as they were."""
         self.config, self.routes = config, routes
-        self.__post_init__()
+        self._configure()
 
     def route_for(self, msg: Inbound) -> Route | None:
         """The route a message was delivered for: by v5 subscription id, else first match."""
@@ -362,7 +365,12 @@ class Dispatcher:
         self.publisher.pause()
 
     def session_lost(self) -> None:
-        """The broker started a fresh session: pending mids mean nothing any more."""
+        """The broker started a fresh session: pending packet ids now name other messages.
+
+        Work in progress still gets its reply, but must never acknowledge its old id.
+        """
+        for job in self._running.values():
+            job.orphaned = True
         self._running.clear()
 
     async def drain(self, grace: float) -> bool:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass, field
-
 import paho.mqtt.client as paho
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,9 +18,9 @@ from paho.mqtt.properties import Properties
 from bridge.config import parse_config
 from bridge.daemon import load_routes
 from bridge.dispatch import Dispatcher
-from bridge.message import Outbound
 from bridge.routing import matches
 from bridge.transport import MqttTransport, Subscription
+from tests.support.recorder import Recorder
 from tests.conftest import TEST_HANDLERS
 
 ALLOWED = ["replies/#"]
@@ -36,24 +34,6 @@ ROUTES = [
 CONFIG = parse_config({"handlers_dir": str(TEST_HANDLERS), "routes": ROUTES,
                        "replies": {"allowed_topics": ALLOWED}, "limits": {"max_payload": 4096}}, TEST_HANDLERS)
 LOADED = load_routes(CONFIG)
-
-
-@dataclass
-class Recorder:
-    published: list[Outbound] = field(default_factory=list)
-    acked: list[int] = field(default_factory=list)
-    is_connected: bool = True
-
-    def publish(self, out: Outbound) -> int | None:
-        self.published.append(out)
-        return None
-
-    def ack(self, mid: int, qos: int) -> None:
-        self.acked.append(mid)
-
-    def pause(self) -> None: ...
-    def resume(self) -> None: ...
-    def flush(self) -> None: ...
 
 
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=40)

@@ -1,0 +1,25 @@
+"""A stand-in for the transport, recording what the dispatcher publishes and acknowledges."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bridge.message import Outbound
+
+
+@dataclass
+class Recorder:
+    published: list[Outbound] = field(default_factory=list)
+    acked: list[int] = field(default_factory=list)
+    is_connected: bool = True
+
+    def publish(self, out: Outbound) -> int | None:
+        self.published.append(out)
+        return None  # handed over: the dispatcher acknowledges at once
+
+    def ack(self, mid: int, qos: int) -> None:
+        self.acked.append(mid)
+
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+    def flush(self) -> None: ...

@@ -1,0 +1,35 @@
+"""Dispatcher bookkeeping that needs exact control of packet ids (no broker)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bridge.config import parse_config
+from bridge.daemon import load_routes
+from bridge.dispatch import Dispatcher
+from bridge.message import Inbound
+from tests.conftest import TEST_HANDLERS
+from tests.support.recorder import Recorder
+
+
+def test_work_from_a_lost_session_never_acknowledges_its_old_packet_id():
+    config = parse_config({"handlers_dir": str(TEST_HANDLERS),
+                           "routes": [{"topic": "w", "handler": "slow_async", "reply_topic": "out/w"}]}, TEST_HANDLERS)
+
+    async def scenario() -> tuple[Recorder, list[int]]:
+        recorder = Recorder()
+        dispatcher = Dispatcher(config, load_routes(config), recorder, asyncio.get_running_loop())  # type: ignore[arg-type]
+        dispatcher.handle(Inbound("w", b"0.1", qos=1, mid=1))  # A, running
+        dispatcher.session_lost()  # the broker came back without the session
+        dispatcher.handle(Inbound("w", b"0.5", qos=1, mid=1))  # B: a new message, the same id
+        async with asyncio.timeout(5):
+            while not recorder.published:  # until A has answered (B sleeps longer)
+                await asyncio.sleep(0.01)
+        acked_while_b_runs = list(recorder.acked)
+        assert await dispatcher.drain(5)
+        return recorder, acked_while_b_runs
+
+    recorder, acked_while_b_runs = asyncio.run(scenario())
+    assert acked_while_b_runs == []  # A must not acknowledge B's id
+    assert recorder.acked == [1]  # B acknowledges once, when it is done
+    assert [o.payload.count(b"slept") for o in recorder.published] == [1, 1]  # both answered
