@@ -61,16 +61,21 @@ def load_routes(config: BridgeConfig, *, reload: bool = False) -> list[Route]:
     return routes
 
 
+def _configure_packages(config: BridgeConfig) -> None:
+    """Point what functions import (bridge.runtime, function.secrets, swx) at ``config``."""
+    runtime.configure(config)
+    secretstore.configure(config.secrets.dir)
+    swx.configure(config.iot_studio.api_url)
+
+
 class Bridge:
     """The running daemon: one transport, one dispatcher, the loaded routes."""
 
     def __init__(self, config: BridgeConfig, config_path: str | None = None) -> None:
         self.config = config
         self.config_path = config_path
-        runtime.configure(config)
-        secretstore.configure(config.secrets.dir)
+        _configure_packages(config)  # before functions import: they may read it
         self.password = self._broker_password()
-        swx.configure(config.iot_studio.api_url)  # before functions import: they may read it
         self.routes = load_routes(config)
         api = api_client.configure(config.iot_studio)
         self.things: ThingWriter | None = None
@@ -114,15 +119,14 @@ class Bridge:
                     config = config.model_copy(update={"mqtt": self.config.mqtt})
                 if any(r.thing is not None for r in config.routes) and self.things is None:
                     raise ConfigError("Thing routes added by a reload need a restart")
-                secretstore.configure(config.secrets.dir)
-                swx.configure(config.iot_studio.api_url)
+                _configure_packages(config)
                 routes = load_routes(config, reload=True)
             except BridgeError as exc:
+                _configure_packages(self.config)
                 log.error("reload failed; still serving the previous configuration: %s", exc)
                 return
             old = self.routes
             self.config, self.routes = config, routes
-            runtime.configure(config)
             self.dispatcher.set_routes(config, routes)
             self.transport.set_subscriptions([Subscription(r.config.topic, r.config.qos) for r in routes])
             for route in old:
