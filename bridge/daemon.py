@@ -23,7 +23,8 @@ from .dispatch import Dispatcher, Route
 from .errors import BridgeError, ConfigError, HandlerLoadError
 from .replystore import ReplyStore
 from .functions import Function, Unavailable, load_function, module_path, split_spec
-from .transport import MqttTransport, Subscription
+from .link import BrokerLink
+from .message import Subscription
 from .workers import WorkerPool
 
 log = logging.getLogger("bridge.daemon")
@@ -69,7 +70,7 @@ def _configure_packages(config: BridgeConfig) -> None:
 
 
 class Bridge:
-    """The running daemon: one transport, one dispatcher, the loaded routes."""
+    """The running daemon: the broker link, one dispatcher, the loaded routes."""
 
     def __init__(self, config: BridgeConfig, config_path: str | None = None) -> None:
         self.config = config
@@ -86,7 +87,7 @@ class Bridge:
                     self.things.check(route.thing)
         self._stop = asyncio.Event()
         self.dispatcher: Dispatcher | None = None
-        self.transport: MqttTransport | None = None
+        self.link: BrokerLink | None = None
         self.notifier = systemd.Notifier.from_environment()  # no-op unless run by systemd
 
     def _broker_password(self) -> str | None:
@@ -108,7 +109,7 @@ class Bridge:
         A config that does not validate (or names a missing module) is logged and ignored: the
         running configuration keeps serving.  ``[mqtt]`` changes need a restart.
         """
-        if self.config_path is None or self.dispatcher is None or self.transport is None:
+        if self.config_path is None or self.dispatcher is None or self.link is None:
             log.warning("reload requested but the bridge is not running from a config file")
             return
         with self.notifier.reloading("reloading configuration", "serving"):
@@ -128,7 +129,7 @@ class Bridge:
             old = self.routes
             self.config, self.routes = config, routes
             self.dispatcher.set_routes(config, routes)
-            self.transport.set_subscriptions([Subscription(r.config.topic, r.config.qos) for r in routes])
+            self.link.set_subscriptions([Subscription(r.config.topic, r.config.qos) for r in routes])
             for route in old:
                 if route.pool is not None:
                     route.pool.shutdown()  # its queued calls still run first
@@ -138,8 +139,8 @@ class Bridge:
         """Begin a graceful shutdown (safe to call from a signal handler)."""
         self._stop.set()
 
-    async def _announce_ready(self, transport: MqttTransport) -> None:
-        await transport.connected.wait()
+    async def _announce_ready(self, link: BrokerLink) -> None:
+        await link.ready()
         log.info("ready: subscribed to %d topic filter(s)", len(self.routes))
         self.notifier.notify_ready(f"serving: subscribed to {len(self.routes)} topic filter(s)")
 
@@ -147,7 +148,7 @@ class Bridge:
         loop = asyncio.get_running_loop()
         env = environment()
         dispatcher_ref: list[Dispatcher] = []
-        transport = MqttTransport(
+        link = BrokerLink(
             self.config.mqtt,
             [Subscription(r.config.topic, r.config.qos) for r in self.routes],
             on_message=lambda m: dispatcher_ref[0].handle(m),
@@ -158,22 +159,22 @@ class Bridge:
             on_connected=lambda: dispatcher_ref[0].connected(),
         )
         replies = ReplyStore(self.config.replies.store, max_age=self.config.mqtt.session_expiry)
-        dispatcher = Dispatcher(self.config, self.routes, transport, loop, Context(env.hostname),
+        dispatcher = Dispatcher(self.config, self.routes, link, loop, Context(env.hostname),
                                 things=self.things, replies=replies)
         if self.things is not None:
             self.things.start()  # also delivers what a previous run left in the outbox
         dispatcher_ref.append(dispatcher)
-        self.transport, self.dispatcher = transport, dispatcher
+        self.link, self.dispatcher = link, dispatcher
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         self.notifier.start_watchdog(loop)  # pinged from this loop: a blocked loop stops it
-        runner = asyncio.create_task(transport.run(), name="mqtt")
+        runner = asyncio.create_task(link.run(), name="mqtt")
         if self.config.logging.log_payloads:
             log.warning("logging.log_payloads is on: message payloads (and any secret in them) go to the log")
         log.info("serving %d route(s) on %s:%d as %r", len(self.routes), self.config.mqtt.host,
                  self.config.mqtt.port, self.config.mqtt.client_id)
-        ready = asyncio.create_task(self._announce_ready(transport))
+        ready = asyncio.create_task(self._announce_ready(link))
         stop = asyncio.create_task(self._stop.wait())
         await asyncio.wait({runner, stop}, return_when=asyncio.FIRST_COMPLETED)
         if runner.done() and runner.exception() is not None:
@@ -185,7 +186,7 @@ class Bridge:
         if not await dispatcher.drain(self.config.limits.shutdown_grace):
             log.warning("%d request(s) unfinished after %g s; the broker will redeliver them",
                         dispatcher.in_flight, self.config.limits.shutdown_grace)
-        await transport.close()
+        await link.close()
         runner.cancel()
         for route in self.routes:
             if route.pool is not None:

@@ -11,8 +11,11 @@ Delivery rules:
   A bridge killed before that gets the request redelivered.
 * Every request is answered, also when the function raises, times out or returns garbage,
   and then acknowledged: a poison message is never redelivered in a loop.
-* At most ``limits.max_in_flight`` requests are unacknowledged at once; at the bound the
-  transport stops reading (and MQTT v5's Receive Maximum keeps the broker from sending more).
+* At most ``limits.max_in_flight`` requests are in flight at once; at the bound the link
+  stops reading requests, and the rest wait in the broker (bridge.link).
+* Replies go out on the reply connection, acknowledgements on the request connection.  A
+  request finished while the request connection is down is acknowledged when the broker
+  redelivers it on the resumed session (its packet id means nothing before that).
 """
 
 from __future__ import annotations
@@ -38,15 +41,17 @@ log = logging.getLogger("bridge.dispatch")
 
 
 class Publisher(Protocol):
-    """What the dispatcher needs from a transport."""
+    """What the dispatcher needs from the broker link (bridge.link.BrokerLink)."""
 
     def publish(self, out: Outbound) -> int | None: ...  # mid to await, or None when handed over
     def ack(self, mid: int, qos: int) -> None: ...
-    def pause(self) -> None: ...
+    def pause(self) -> None: ...  # stop taking requests
     def resume(self) -> None: ...
     def flush(self) -> None: ...  # write queued packets now
     @property
-    def is_connected(self) -> bool: ...
+    def can_publish(self) -> bool: ...  # the reply connection is up
+    @property
+    def can_ack(self) -> bool: ...  # the request connection is up
 
 
 @dataclass(eq=False)
@@ -69,6 +74,7 @@ class Job:
     timer: asyncio.TimerHandle | None = None
     stored: str | None = None  # key of its reply in the reply store
     orphaned: bool = False  # its packet id now names another message: never acknowledge
+    ack_due: bool = False  # finished while the request connection was down
 
 
 class ThingSink(Protocol):
@@ -126,8 +132,11 @@ class Dispatcher:
         if msg.qos and msg.mid in self._running:
             if msg.dup:
                 # The broker redelivered a message we are still working on (after a reconnect):
-                # the running job acknowledges this mid when it finishes.
-                log.debug("redelivery of mid %d already in progress", msg.mid)
+                # the running job acknowledges this mid when it finishes, or now if it has.
+                job = self._running[msg.mid]
+                if job.ack_due:
+                    del self._running[msg.mid]
+                    self._ack(msg)
                 return
             # A new message with the packet id of running work: the broker lost its state (a
             # restart from an older snapshot). The old job must not acknowledge this one.
@@ -286,13 +295,13 @@ class Dispatcher:
         self._send(job, out)
 
     def _send(self, job: Job, out: Outbound | None) -> None:
-        """Publish the reply (if any), then acknowledge; park both while disconnected."""
-        if not self.publisher.is_connected:
+        """Publish the reply (if any), then acknowledge; park both while replies cannot go out."""
+        if out is not None and not self.publisher.can_publish:
             # An ack queued now would be lost with the connection, and paho would keep a QoS
             # >= 1 reply only in memory: park it, durably when the request will be redelivered.
             self._parked.append((job, out))
             log.info("reply for %s parked until the broker is back", job.msg.topic)
-            if out is not None and job.msg.qos and self.replies is not None and job.stored is None:
+            if job.msg.qos and self.replies is not None and job.stored is None:
                 job.stored = request_key(job.msg)
                 self.replies.save(job.stored, out)
             return
@@ -343,8 +352,11 @@ class Dispatcher:
 
     def _done(self, job: Job) -> None:
         if job.msg.qos and self._running.get(job.msg.mid) is job:
-            del self._running[job.msg.mid]
-        if not job.orphaned:
+            if self.publisher.can_ack:
+                del self._running[job.msg.mid]
+            else:
+                job.ack_due = True  # acknowledged on redelivery, see handle()
+        if not job.orphaned and not job.ack_due:
             self._ack(job.msg)
         if job.stored is not None and self.replies is not None:
             self.replies.forget(job.stored)

@@ -62,3 +62,11 @@ def pack_publish_properties(out: Outbound) -> bytes:
     for name, value in out.user_properties:
         buf += b"\x26" + _field(name.encode()) + _field(value.encode())
     return _varint(len(buf)) + bytes(buf)
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """A topic filter the bridge subscribes to, and its QoS."""
+
+    topic: str
+    qos: int

@@ -1,8 +1,9 @@
-"""The MQTT transport: the only module that imports paho-mqtt.
+"""One MQTT connection on the asyncio loop: the only module that imports paho-mqtt.
 
 paho runs on the bridge's asyncio loop through its external-loop hooks (socket open/close,
 register/unregister write), so every paho call happens on one thread and no lock is needed.
 Incoming messages are converted here, once, into :class:`~bridge.message.Inbound`.
+:mod:`bridge.link` pairs two of these: one for requests, one for replies.
 
 Session rules (what peers get wrong, see docs/reliability.md): a stable client id, clean start
 off and a session expiry so the broker keeps subscriptions and queued QoS 1 messages while the
@@ -15,11 +16,11 @@ trips stall ~40 ms on Nagle's algorithm).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import socket
 import ssl
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import paho.mqtt.client as paho
@@ -29,18 +30,11 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from .config import MqttConfig
 from .errors import TransportError
-from .intake import Intake
-from .message import Inbound, Outbound, pack_publish_properties
+from .message import Inbound, Outbound, Subscription, pack_publish_properties
 
 log = logging.getLogger("bridge.transport")
 
 READ_BURST = 64  # packets read per socket wake-up at most, so writes and timers still run
-
-
-@dataclass(frozen=True, slots=True)
-class Subscription:
-    topic: str
-    qos: int
 
 
 class _PublishProperties(Properties):
@@ -57,36 +51,37 @@ class _PublishProperties(Properties):
     def pack(self) -> bytes:
         return self._packed  # type: ignore[no-any-return]
 
-    def __str__(self) -> str:
-        return f"<{len(self._packed)} bytes of properties>"
 
+class Connection:
+    """One persistent MQTT session, driven by the running asyncio loop.
 
-class MqttTransport:
-    """One persistent MQTT session, driven by the running asyncio loop."""
+    ``on_connect(session_present)`` runs after every accepted CONNACK, before subscribing.
+    """
 
     def __init__(
         self,
         config: MqttConfig,
-        subscriptions: list[Subscription],
-        on_message: Callable[[Inbound], None],
-        on_published: Callable[[int], None],
         *,
-        receive_maximum: int = 256,
+        client_id: str,
+        name: str,
+        subscriptions: list[Subscription] | None = None,
+        on_message: Callable[[Inbound], None] | None = None,
+        on_published: Callable[[int], None] | None = None,
+        on_connect: Callable[[bool], None] | None = None,
+        receive_maximum: int | None = None,
         password: str | None = None,
-        on_session_lost: Callable[[], None] | None = None,
-        on_connected: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
-        self.subscriptions = subscriptions
+        self.client_id = client_id
+        self.name = name
+        self.subscriptions = subscriptions or []
         self._deliver = on_message
         self._published = on_published
-        self._session_lost = on_session_lost
-        self._connected_cb = on_connected
+        self._connect_cb = on_connect
         self._v5 = config.protocol == 5
         self._receive_maximum = receive_maximum
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._intake = Intake(self._dispatch, self._set_reader,
-                              lambda: bool(self._client._out_messages), receive_maximum)  # noqa: SLF001
+        self._want_reading = True
         self._reader_on = False
         self._writer_armed = False
         self._flush_scheduled = False
@@ -106,7 +101,7 @@ class MqttTransport:
         c = self.config
         client = paho.Client(
             paho.CallbackAPIVersion.VERSION2,
-            client_id=c.client_id,
+            client_id=self.client_id,
             protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
             clean_session=None if self._v5 else False,
             manual_ack=True,
@@ -141,8 +136,9 @@ class MqttTransport:
             return None
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.config.session_expiry
-        # The broker never sends more unacknowledged QoS >= 1 messages than this: backpressure.
-        props.ReceiveMaximum = min(self._receive_maximum, 65535)
+        if self._receive_maximum is not None:
+            # A compliant broker never sends more unacknowledged QoS >= 1 messages than this.
+            props.ReceiveMaximum = min(self._receive_maximum, 65535)
         return props
 
     # -- the connection loop ------------------------------------------------------------------
@@ -156,7 +152,8 @@ class MqttTransport:
                 await self._connect_once()
             except (OSError, ssl.SSLError, TimeoutError, ValueError) as exc:
                 wait = delay * random.uniform(0.8, 1.2)
-                log.warning("cannot connect to %s:%d (%s); retrying in %.1f s", c.host, c.port, exc, wait)
+                log.warning("%s: cannot connect to %s:%d (%s); retrying in %.1f s",
+                            self.name, c.host, c.port, exc, wait)
                 await asyncio.sleep(wait)
                 delay = min(delay * 2, c.reconnect_max_delay)
                 continue
@@ -199,25 +196,24 @@ class MqttTransport:
     # -- paho callbacks (all on the loop thread) ----------------------------------------------
     def _on_connect(self, client: paho.Client, _u: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
-            log.error("broker refused the connection: %s", reason)
+            log.error("%s: broker refused the connection: %s", self.name, reason)
             return
         self._was_up = True
         self.connections += 1
         if self._v5 and props is not None and getattr(props, "ReceiveMaximum", None):
             # paho keeps its own in-flight limit for our publishes; follow the broker's.
             client._max_inflight_messages = props.ReceiveMaximum  # noqa: SLF001
-        if not flags.session_present:
-            if self.connections > 1:
-                log.warning("the broker did not keep the session; messages queued for it are gone")
-            if self._session_lost is not None:
-                self._session_lost()
-        log.info("connected to %s:%d (session %s)", self.config.host, self.config.port,
-                 "resumed" if flags.session_present else "new")
-        if self._connected_cb is not None:
-            self._connected_cb()  # replies parked while disconnected go out first
+        log.info("%s connection: connected to %s:%d (session %s)", self.name, self.config.host,
+                 self.config.port, "resumed" if flags.session_present else "new")
+        if self._connect_cb is not None:
+            self._connect_cb(bool(flags.session_present))
         self._subscribe_all(client)
         if self._pending_subacks == 0:
-            self.connected.set()
+            self._up()
+
+    def _up(self) -> None:
+        self.connected.set()
+        self._apply_reading()
 
     def _subscribe_all(self, client: paho.Client) -> None:
         if self._unsubscribe:
@@ -255,13 +251,12 @@ class MqttTransport:
                 log.error("subscription refused by the broker: %s", reason)
         self._pending_subacks -= 1
         if self._pending_subacks <= 0:
-            self.connected.set()
+            self._up()
 
     def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self.connected.clear()
-        self._intake.connection_lost()
         if not self._stopping:
-            log.warning("disconnected from the broker: %s", reason)
+            log.warning("%s connection: disconnected from the broker: %s", self.name, reason)
         self._down.set()
 
     def _on_message(self, client: paho.Client, _u: Any, m: paho.MQTTMessage) -> None:
@@ -280,29 +275,36 @@ class MqttTransport:
             msg.content_type = getattr(props, "ContentType", None)
             msg.user_properties = getattr(props, "UserProperty", None) or []
             msg.subscription_ids = getattr(props, "SubscriptionIdentifier", None) or []
-        self._intake.offer(msg)
-
-    def _dispatch(self, msg: Inbound) -> None:
         try:
+            if self._deliver is None:
+                raise RuntimeError(f"the {self.name} connection takes no messages")
             self._deliver(msg)
         except Exception:
             log.exception("dispatch failed for a message on %r; acknowledged", msg.topic)
             if msg.qos:
-                self._client.ack(msg.mid, msg.qos)
+                client.ack(msg.mid, msg.qos)
 
     def _on_publish(self, _c: paho.Client, _u: Any, mid: int, _r: Any, _p: Any) -> None:
-        self._published(mid)
+        if self._published is not None:
+            self._published(mid)
 
+    # -- the socket on the event loop ---------------------------------------------------------
     def _on_socket_open(self, _c: paho.Client, _u: Any, sock: Any) -> None:
         assert self._loop is not None
-        try:
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
         self._loop.add_reader(sock, self._read)  # always: CONNACK and SUBACKs must be read
         self._reader_on = True
 
-    def _set_reader(self, on: bool) -> None:
+    def set_reading(self, on: bool) -> None:
+        """Read from the broker, or leave what it sends in TCP and the broker (at once, also
+        mid-burst); while (re)connecting, reading stays on until CONNACK and every SUBACK."""
+        self._want_reading = on
+        if on or self.connected.is_set():
+            self._apply_reading()
+
+    def _apply_reading(self) -> None:
+        on = self._want_reading
         sock = self._client.socket()
         if on == self._reader_on or sock is None or self._loop is None:
             return
@@ -338,7 +340,7 @@ class MqttTransport:
                 return
         sock = client.socket()
         # TLS may hold decrypted bytes the selector cannot see.
-        while isinstance(sock, ssl.SSLSocket) and sock.pending() and client.socket() is sock:
+        while isinstance(sock, ssl.SSLSocket) and sock.pending() and client.socket() is sock and self._reader_on:
             client.loop_read()
 
     def _on_register_write(self, _c: paho.Client, _u: Any, _sock: Any) -> None:
@@ -374,7 +376,7 @@ class MqttTransport:
     def _flush_writable(self) -> None:
         self._client.loop_write()  # unregister_write removes the writer once drained
 
-    # -- what the dispatcher uses -------------------------------------------------------------
+    # -- what the bridge uses -----------------------------------------------------------------
     def publish(self, out: Outbound) -> int | None:
         """Hand a message to paho; return its mid when the broker's ack is to be awaited."""
         props = None
@@ -382,10 +384,8 @@ class MqttTransport:
             props = _PublishProperties(out)
         info = self._client.publish(out.topic, out.payload, out.qos, properties=props)
         if out.qos and info.rc in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
-            if not self._reader_on:
-                self._set_reader(True)  # its PUBACK must be read, also while paused
             return info.mid  # paho resends it after a reconnect
-        if info.rc not in (paho.MQTT_ERR_SUCCESS,):
+        if info.rc != paho.MQTT_ERR_SUCCESS:
             log.warning("reply to %r not published: %s", out.topic, paho.error_string(info.rc))
         return None
 
@@ -396,13 +396,6 @@ class MqttTransport:
     def ack(self, mid: int, qos: int) -> None:
         self._client.ack(mid, qos)
 
-    def pause(self) -> None:
-        """Deliver no more messages until :meth:`resume` (backpressure, see bridge.intake)."""
-        self._intake.pause()
-
-    def resume(self) -> None:
-        self._intake.resume()
-
     async def close(self, timeout: float = 5.0) -> None:
         """Disconnect cleanly (the broker keeps the session until it expires)."""
         self._stopping = True
@@ -412,7 +405,7 @@ class MqttTransport:
                 async with asyncio.timeout(timeout):
                     await self._down.wait()
             except TimeoutError:
-                log.warning("broker did not close the connection in %g s", timeout)
+                log.warning("%s connection: the broker did not close it in %g s", self.name, timeout)
         self._down.set()
         if self._misc_timer is not None:
             self._misc_timer.cancel()

@@ -33,3 +33,48 @@ def test_work_from_a_lost_session_never_acknowledges_its_old_packet_id():
     assert acked_while_b_runs == []  # A must not acknowledge B's id
     assert recorder.acked == [1]  # B acknowledges once, when it is done
     assert [o.payload.count(b"slept") for o in recorder.published] == [1, 1]  # both answered
+
+
+SLOW = parse_config({"handlers_dir": str(TEST_HANDLERS),
+                     "routes": [{"topic": "w", "handler": "slow_async", "reply_topic": "out/w"}]}, TEST_HANDLERS)
+
+
+def test_a_request_finished_while_the_request_connection_is_down_is_acknowledged_on_redelivery():
+    """Its reply went out on the reply connection; the ack waits for the resumed session."""
+
+    async def scenario() -> tuple[Recorder, list[int]]:
+        recorder = Recorder()
+        dispatcher = Dispatcher(SLOW, load_routes(SLOW), recorder, asyncio.get_running_loop())  # type: ignore[arg-type]
+        recorder.can_ack = False  # the request connection dropped
+        dispatcher.handle(Inbound("w", b"0", qos=1, mid=7))
+        assert await dispatcher.drain(5)  # answered, so it no longer counts as in flight
+        acked_while_down = list(recorder.acked)
+        recorder.can_ack = True
+        dispatcher.handle(Inbound("w", b"0", qos=1, mid=7, dup=True))  # the broker redelivers it
+        assert await dispatcher.drain(5)
+        return recorder, acked_while_down
+
+    recorder, acked_while_down = asyncio.run(scenario())
+    assert acked_while_down == []  # an ack on a dead connection would be lost
+    assert recorder.acked == [7]  # acknowledged once, on the redelivery
+    assert len(recorder.published) == 1  # and the function did not run again
+
+
+def test_replies_made_while_the_reply_connection_is_down_go_out_when_it_is_back():
+    async def scenario() -> tuple[Recorder, int, list[int]]:
+        recorder = Recorder()
+        dispatcher = Dispatcher(SLOW, load_routes(SLOW), recorder, asyncio.get_running_loop())  # type: ignore[arg-type]
+        recorder.can_publish = False
+        dispatcher.handle(Inbound("w", b"0", qos=1, mid=3))
+        async with asyncio.timeout(5):
+            while not dispatcher._parked:
+                await asyncio.sleep(0.01)
+        published_while_down, acked_while_down = len(recorder.published), list(recorder.acked)
+        recorder.can_publish = True
+        dispatcher.connected()  # the reply connection is back
+        assert await dispatcher.drain(5)
+        return recorder, published_while_down, acked_while_down
+
+    recorder, published_while_down, acked_while_down = asyncio.run(scenario())
+    assert (published_while_down, acked_while_down) == (0, [])  # nothing acknowledged unanswered
+    assert len(recorder.published) == 1 and recorder.acked == [3]

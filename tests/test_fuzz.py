@@ -19,7 +19,8 @@ from bridge.config import parse_config
 from bridge.daemon import load_routes
 from bridge.dispatch import Dispatcher
 from bridge.routing import matches
-from bridge.transport import MqttTransport, Subscription
+from bridge.message import Subscription
+from bridge.transport import Connection
 from tests.support.recorder import Recorder
 from tests.conftest import TEST_HANDLERS
 
@@ -69,10 +70,10 @@ def messages(draw):
 async def _run(batch: list[paho.MQTTMessage]) -> tuple[Recorder, Dispatcher]:
     recorder = Recorder()
     dispatcher = Dispatcher(CONFIG, LOADED, recorder, asyncio.get_running_loop())  # type: ignore[arg-type]
-    transport = MqttTransport(CONFIG.mqtt, [Subscription(r["topic"], 1) for r in ROUTES],
-                              on_message=dispatcher.handle, on_published=dispatcher.published)
+    requests = Connection(CONFIG.mqtt, client_id="fuzz", name="requests",
+                          subscriptions=[Subscription(r["topic"], 1) for r in ROUTES], on_message=dispatcher.handle)
     for m in batch:
-        transport._on_message(transport._client, None, m)  # the edge conversion, as paho calls it
+        requests._on_message(requests._client, None, m)  # the edge conversion, as paho calls it
     assert await dispatcher.drain(10), "every message must be answered and acknowledged"
     return recorder, dispatcher
 

@@ -43,7 +43,9 @@ def test_sighup_reloads_functions_and_routes_without_dropping_the_session(make_b
                            "-e", f"replies/{t}/gone", "-m", "x", "-W", "1"], capture_output=True, timeout=10)
     assert gone.returncode != 0 and gone.stdout == b""
     log = bridge.log()
-    assert log.count("connected to") == 1  # one connection: the session was never dropped
+    # Each connection connected once: the session was never dropped.
+    assert log.count("requests connection: connected to") == 1, log
+    assert log.count("replies connection: connected to") == 1, log
     assert "disconnected" not in log
 
 

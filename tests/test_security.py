@@ -161,7 +161,7 @@ def test_client_certificate_required_bridge_without_one_does_not_connect(
         time.sleep(0.05)
     else:
         raise AssertionError(f"no refused connection logged twice within 15 s:\n{bridge.log()}")
-    assert READY not in log and "bridge.transport: connected to" not in log, log
+    assert READY not in log and "connection: connected to" not in log, log
     assert bridge.proc.poll() is None, log
 
 

@@ -1,4 +1,4 @@
-"""A stand-in for the transport, recording what the dispatcher publishes and acknowledges."""
+"""A stand-in for the broker link, recording what the dispatcher publishes and acknowledges."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from bridge.message import Outbound
 class Recorder:
     published: list[Outbound] = field(default_factory=list)
     acked: list[int] = field(default_factory=list)
-    is_connected: bool = True
+    can_publish: bool = True  # the reply connection is up
+    can_ack: bool = True  # the request connection is up
 
     def publish(self, out: Outbound) -> int | None:
         self.published.append(out)

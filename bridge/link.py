@@ -1,0 +1,122 @@
+"""The bridge's link to the broker: requests arrive on one connection, replies leave on another.
+
+Why two connections: backpressure must be able to stop reading requests outright.  On a
+single connection the PUBACKs of the bridge's own replies (which finish the requests in
+flight) arrive between new requests, so reading could never stop; with a broker that ignores
+the Receive Maximum the bridge announces (mosquitto before 2.0.13 does once acknowledgements
+flow), a QoS 1 flood then piled up in the bridge's memory instead of waiting in the broker.
+Here the request connection only ever writes PUBACKs and SUBSCRIBEs, so at
+``limits.max_in_flight`` it stops reading and the rest of a flood stays with the broker.
+
+* requests: client id ``mqtt.client_id``, the persistent session holding the subscriptions
+  and every queued request; it announces ``limits.max_in_flight`` as Receive Maximum.
+* replies: client id ``mqtt.client_id`` + ``-replies``, publishes replies and reads their
+  PUBACKs; it subscribes to nothing.
+
+The dispatcher sees one :class:`BrokerLink`: publish on one side, acknowledge on the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
+
+from .config import MqttConfig
+from .message import Inbound, Outbound, Subscription
+from .transport import Connection
+
+log = logging.getLogger("bridge.transport")
+
+REPLIES_SUFFIX = "-replies"
+
+
+def reply_client_id(config: MqttConfig) -> str:
+    """The client id of the reply connection (brokers with per-client ACLs must allow it)."""
+    return config.client_id + REPLIES_SUFFIX
+
+
+class BrokerLink:
+    """Requests in, replies out, on two connections to the same broker."""
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        subscriptions: list[Subscription],
+        on_message: Callable[[Inbound], None],
+        on_published: Callable[[int], None],
+        *,
+        receive_maximum: int = 256,
+        password: str | None = None,
+        on_session_lost: Callable[[], None] | None = None,
+        on_connected: Callable[[], None] | None = None,
+    ) -> None:
+        self._session_lost = on_session_lost
+        self._replies_up = on_connected
+        self.requests = Connection(
+            config, client_id=config.client_id, name="requests", subscriptions=subscriptions,
+            on_message=on_message, on_connect=self._requests_connected,
+            receive_maximum=receive_maximum, password=password,
+        )
+        self.replies = Connection(
+            config, client_id=reply_client_id(config), name="replies",
+            on_published=on_published, on_connect=self._replies_connected, password=password,
+        )
+
+    def _requests_connected(self, session_present: bool) -> None:
+        if not session_present:
+            if self.requests.connections > 1:
+                log.warning("the broker did not keep the session; messages queued for it are gone")
+            if self._session_lost is not None:
+                self._session_lost()
+
+    def _replies_connected(self, _session_present: bool) -> None:
+        if self._replies_up is not None:
+            self._replies_up()  # replies parked while it was down go out first
+
+    async def run(self) -> None:
+        """Keep both connections up until :meth:`close`.  The reply connection comes up first,
+        so the first requests (a backlog queued in the broker) are answered at once."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.replies.run(), name="mqtt-replies")
+            await self.replies.connected.wait()
+            group.create_task(self.requests.run(), name="mqtt-requests")
+
+    async def ready(self) -> None:
+        """Wait until both connections are up and every subscription is acknowledged."""
+        await self.replies.connected.wait()
+        await self.requests.connected.wait()
+
+    # -- what the dispatcher uses -------------------------------------------------------------
+    def publish(self, out: Outbound) -> int | None:
+        return self.replies.publish(out)
+
+    def ack(self, mid: int, qos: int) -> None:
+        self.requests.ack(mid, qos)
+
+    @property
+    def can_publish(self) -> bool:
+        return self.replies.is_connected
+
+    @property
+    def can_ack(self) -> bool:
+        return self.requests.is_connected
+
+    def flush(self) -> None:
+        self.replies.flush()
+        self.requests.flush()
+
+    def pause(self) -> None:
+        """Stop reading requests (backpressure): the broker keeps the rest."""
+        self.requests.set_reading(False)
+
+    def resume(self) -> None:
+        self.requests.set_reading(True)
+
+    def set_subscriptions(self, subscriptions: list[Subscription]) -> None:
+        self.requests.set_subscriptions(subscriptions)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Disconnect both; the request connection first, after its last acknowledgements."""
+        await self.requests.close(timeout)
+        await self.replies.close(timeout)
