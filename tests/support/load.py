@@ -21,7 +21,6 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from tests.support.waiting import wait_for
 
 
 def _client(port: int, client_id: str, persistent: bool, session_expiry: int = 600) -> paho.Client:
@@ -228,55 +227,3 @@ class MemorySampler:
         self._thread.join(5)
         return self.max_rss_kib
 
-
-def broker_unacked_peak(port: int, topic: str, *, receive_maximum: int, count: int,
-                        ack_interval: float = 0.001, timeout: float = 30.0) -> int:
-    """How many unacknowledged QoS 1 messages the broker has outstanding at most toward a client
-    that announces ``receive_maximum`` and acknowledges one message per ``ack_interval`` (a slow
-    consumer) while ``count`` messages are published at once.  A broker that follows MQTT 5
-    flow control (4.9) never exceeds ``receive_maximum``."""
-    unacked: set[int] = set()
-    lock = threading.Lock()
-    peak = received = 0
-    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"rm-{os.getpid()}-{time.monotonic_ns()}"[:23],
-                    protocol=paho.MQTTv5, manual_ack=True)
-    props = Properties(PacketTypes.CONNECT)
-    props.ReceiveMaximum = receive_maximum
-    subscribed = threading.Event()
-    c.on_connect = lambda client, *_a: client.subscribe(topic, qos=1)
-    c.on_subscribe = lambda *_a: subscribed.set()
-
-    def on_message(_c: paho.Client, _u: object, m: paho.MQTTMessage) -> None:
-        nonlocal peak, received
-        with lock:
-            unacked.add(m.mid)
-            received += 1
-            peak = max(peak, len(unacked))
-
-    c.on_message = on_message
-    c.connect("127.0.0.1", port, properties=props)
-    c.loop_start()
-    stop = threading.Event()
-
-    def acker() -> None:
-        while not stop.is_set():
-            with lock:
-                mid = next(iter(unacked), None)
-                unacked.discard(mid)
-            if mid is not None:
-                c.ack(mid, 1)
-            stop.wait(ack_interval)
-
-    thread = threading.Thread(target=acker, daemon=True)
-    try:
-        if not subscribed.wait(10):
-            raise AssertionError("receive-maximum probe did not subscribe")
-        thread.start()
-        bulk_publish(port, topic, [b"m"] * count, qos=1)
-        wait_for(lambda: received >= count and not unacked, timeout, f"{count} messages received and acknowledged")
-    finally:
-        stop.set()
-        thread.join(5)
-        c.disconnect()
-        c.loop_stop()
-    return peak
