@@ -24,7 +24,7 @@ import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from .codec import check_request, encode_reply, event_from_message
 from .config import BridgeConfig, RouteConfig
