@@ -156,6 +156,7 @@ class Bridge:
             receive_maximum=self.config.limits.max_in_flight,
             password=self.password,
             on_session_lost=lambda: dispatcher_ref[0].session_lost(),
+            on_session_resumed=lambda: dispatcher_ref[0].session_resumed(),
             on_connected=lambda: dispatcher_ref[0].connected(),
         )
         replies = ReplyStore(self.config.replies.store, max_age=self.config.mqtt.session_expiry)

@@ -13,9 +13,10 @@ Delivery rules:
   and then acknowledged: a poison message is never redelivered in a loop.
 * At most ``limits.max_in_flight`` requests are in flight at once; at the bound the link
   stops reading requests, and the rest wait in the broker (bridge.link).
-* Replies go out on the reply connection, acknowledgements on the request connection.  A
-  request finished while the request connection is down is acknowledged when the broker
-  redelivers it on the resumed session (its packet id means nothing before that).
+* Replies go out on the reply connection, acknowledgements on the request connection.  When
+  the request connection resumes its session the broker redelivers every unacknowledged
+  request; work in progress then acknowledges only once that copy has arrived, so the copy is
+  never taken for a new request (and run again).
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ class Job:
     timer: asyncio.TimerHandle | None = None
     stored: str | None = None  # key of its reply in the reply store
     orphaned: bool = False  # its packet id now names another message: never acknowledge
-    ack_due: bool = False  # finished while the request connection was down
+    ack_due: bool = False  # finished, to be acknowledged when the broker's copy arrives
+    copy_due: bool = False  # the session resumed: the broker will redeliver this request
 
 
 class ThingSink(Protocol):
@@ -134,6 +136,7 @@ class Dispatcher:
                 # The broker redelivered a message we are still working on (after a reconnect):
                 # the running job acknowledges this mid when it finishes, or now if it has.
                 job = self._running[msg.mid]
+                job.copy_due = False
                 if job.ack_due:
                     del self._running[msg.mid]
                     self._ack(msg)
@@ -352,10 +355,10 @@ class Dispatcher:
 
     def _done(self, job: Job) -> None:
         if job.msg.qos and self._running.get(job.msg.mid) is job:
-            if self.publisher.can_ack:
+            if self.publisher.can_ack and not job.copy_due:
                 del self._running[job.msg.mid]
             else:
-                job.ack_due = True  # acknowledged on redelivery, see handle()
+                job.ack_due = True  # acknowledged when its copy arrives, see handle()
         if not job.orphaned and not job.ack_due:
             self._ack(job.msg)
         if job.stored is not None and self.replies is not None:
@@ -384,6 +387,12 @@ class Dispatcher:
         for job in self._running.values():
             job.orphaned = True
         self._running.clear()
+
+    def session_resumed(self) -> None:
+        """The request connection resumed its session after a drop: the broker now redelivers
+        every request not yet acknowledged, each with the packet id it had."""
+        for job in self._running.values():
+            job.copy_due = True
 
     async def drain(self, grace: float) -> bool:
         """Wait up to ``grace`` seconds for every request to be answered and acknowledged."""

@@ -49,9 +49,11 @@ class BrokerLink:
         receive_maximum: int = 256,
         password: str | None = None,
         on_session_lost: Callable[[], None] | None = None,
+        on_session_resumed: Callable[[], None] | None = None,
         on_connected: Callable[[], None] | None = None,
     ) -> None:
         self._session_lost = on_session_lost
+        self._session_resumed = on_session_resumed
         self._replies_up = on_connected
         self.requests = Connection(
             config, client_id=config.client_id, name="requests", subscriptions=subscriptions,
@@ -69,6 +71,8 @@ class BrokerLink:
                 log.warning("the broker did not keep the session; messages queued for it are gone")
             if self._session_lost is not None:
                 self._session_lost()
+        elif self._session_resumed is not None:
+            self._session_resumed()
 
     def _replies_connected(self, _session_present: bool) -> None:
         if self._replies_up is not None:

@@ -78,3 +78,24 @@ def test_replies_made_while_the_reply_connection_is_down_go_out_when_it_is_back(
     recorder, published_while_down, acked_while_down = asyncio.run(scenario())
     assert (published_while_down, acked_while_down) == (0, [])  # nothing acknowledged unanswered
     assert len(recorder.published) == 1 and recorder.acked == [3]
+
+
+def test_work_that_finishes_before_its_redelivered_copy_arrives_is_not_run_again():
+    """After a resume the broker resends every unacknowledged request; a job that finishes
+    before its copy is read must not acknowledge early, or the copy would look new."""
+
+    async def scenario() -> tuple[Recorder, list[int]]:
+        recorder = Recorder()
+        dispatcher = Dispatcher(SLOW, load_routes(SLOW), recorder, asyncio.get_running_loop())  # type: ignore[arg-type]
+        dispatcher.handle(Inbound("w", b"0.05", qos=1, mid=9))  # running when the connection drops
+        dispatcher.session_resumed()  # and it came back with the session
+        assert await dispatcher.drain(5)  # finished and answered before the copy was read
+        acked_before_copy = list(recorder.acked)
+        dispatcher.handle(Inbound("w", b"0.05", qos=1, mid=9, dup=True))  # the broker's copy
+        assert await dispatcher.drain(5)
+        return recorder, acked_before_copy
+
+    recorder, acked_before_copy = asyncio.run(scenario())
+    assert acked_before_copy == []
+    assert recorder.acked == [9]
+    assert len(recorder.published) == 1  # ran once

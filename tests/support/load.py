@@ -227,3 +227,22 @@ class MemorySampler:
         self._thread.join(5)
         return self.max_rss_kib
 
+
+
+def take_over(port: int, client_id: str, session_expiry: int = 86400) -> None:
+    """Connect with someone else's client id and leave at once: the broker drops that client's
+    connection (a session takeover) and keeps its session, with every unacknowledged message,
+    for it to resume.  Messages delivered here meanwhile are not acknowledged."""
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5, manual_ack=True)
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = session_expiry  # 0 would end the session when we leave
+    connected = threading.Event()
+    c.on_connect = lambda *_a: connected.set()
+    c.connect("127.0.0.1", port, clean_start=False, properties=props)
+    c.loop_start()
+    try:
+        if not connected.wait(10):
+            raise AssertionError(f"could not connect as {client_id!r}")
+    finally:
+        c.disconnect()
+        c.loop_stop()
