@@ -35,7 +35,7 @@ from .functions import Function, Unavailable, respond, respond_async
 from .logs import current_function
 from .message import Inbound, Outbound
 from .replystore import ReplyStore, request_key
-from .routing import is_publishable, matches
+from .routing import ReplyPolicy, matches
 from .workers import WorkerPool
 
 log = logging.getLogger("bridge.dispatch")
@@ -112,8 +112,7 @@ class Dispatcher:
         """Derive the per-config state (at start and on every reload)."""
         self._max = self.config.limits.max_in_flight
         self._resume_at = max(self._max * 3 // 4, self._max - 1)
-        self._filters = [r.config.topic for r in self.routes]
-        self._verdicts: dict[tuple[str, bool], str] = {}  # (topic, requested) -> why refused ("" = ok)
+        self._reply_policy = ReplyPolicy(self.config.replies.allowed_topics, [r.config.topic for r in self.routes])
         self._log_payloads = self.config.logging.log_payloads
 
     # -- intake -------------------------------------------------------------------------------
@@ -187,31 +186,12 @@ class Dispatcher:
             topic, requested = route.config.reply_topic.format(topic=msg.topic), False
         else:
             return None
-        # Keyed by kind too: a template may reply outside the allow-list, a request may not.
-        verdict = self._verdicts.get((topic, requested))
-        if verdict is None:
-            verdict = self._judge(topic, response_topic=requested)
+        verdict = self._reply_policy.refusal(topic, requested=requested)
         if verdict:
             log.warning("%s %r %s; no reply published", "response topic" if requested else "reply topic",
                         topic, verdict)
             return None
         return topic
-
-    def _judge(self, topic: str, *, response_topic: bool) -> str:
-        """Why the bridge must not publish to ``topic`` ("" when it may); cached."""
-        if not is_publishable(topic):
-            verdict = "is not a valid topic to publish to (empty, wildcards or $)"
-        elif response_topic and not any(matches(f, topic) for f in self.config.replies.allowed_topics):
-            verdict = "is not in replies.allowed_topics"
-        elif any(matches(f, topic) for f in self._filters):
-            # A reply that lands on a routed topic would trigger a function again: a loop.
-            verdict = "would be routed to a function again (a loop)"
-        else:
-            verdict = ""
-        if len(self._verdicts) >= 4096:  # bounded: topics are chosen by whoever publishes
-            self._verdicts.clear()
-        self._verdicts[(topic, response_topic)] = verdict
-        return verdict
 
     def _take(self, job: Job) -> None:
         self.in_flight += 1

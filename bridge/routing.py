@@ -1,4 +1,4 @@
-"""Topic filters: validation and matching (``+`` one level, ``#`` the rest)."""
+"""Topic filters: matching (``+`` one level, ``#`` the rest), and where replies may go."""
 
 from __future__ import annotations
 
@@ -27,3 +27,40 @@ def is_publishable(topic: str) -> bool:
     """True for a topic the bridge may publish to: non-empty, no wildcards, no ``$`` prefix."""
     return bool(topic) and "+" not in topic and "#" not in topic and not topic.startswith("$") \
         and "\x00" not in topic and len(topic.encode("utf-8", "surrogatepass")) <= 65535
+
+
+class ReplyPolicy:
+    """Decides which topics the bridge may publish a reply to.
+
+    A response topic named by a request must match ``replies.allowed_topics``; a route's reply
+    template is the operator's own choice and need not.  Neither may be invalid (wildcards,
+    ``$``) nor land on a topic a route subscribes to (the reply would run a function again, in
+    a loop).  Verdicts are cached, in a bounded cache: topics are chosen by whoever publishes.
+    """
+
+    MAX_CACHED = 4096
+
+    def __init__(self, allowed_topics: list[str], route_filters: list[str]) -> None:
+        self._allowed = allowed_topics
+        self._filters = route_filters
+        self._verdicts: dict[tuple[str, bool], str] = {}
+
+    def refusal(self, topic: str, *, requested: bool) -> str:
+        """Why a reply must not go to ``topic`` ("" when it may).  ``requested``: the topic
+        came from the request (its MQTT v5 Response Topic), not from the route."""
+        # Keyed by kind too: a template may reply outside the allow-list, a request may not.
+        verdict = self._verdicts.get((topic, requested))
+        if verdict is not None:
+            return verdict
+        if not is_publishable(topic):
+            verdict = "is not a valid topic to publish to (empty, wildcards or $)"
+        elif requested and not any(matches(f, topic) for f in self._allowed):
+            verdict = "is not in replies.allowed_topics"
+        elif any(matches(f, topic) for f in self._filters):
+            verdict = "would be routed to a function again (a loop)"
+        else:
+            verdict = ""
+        if len(self._verdicts) >= self.MAX_CACHED:
+            self._verdicts.clear()
+        self._verdicts[(topic, requested)] = verdict
+        return verdict

@@ -1,16 +1,12 @@
 """One MQTT connection on the asyncio loop: the only module that imports paho-mqtt.
 
-paho runs on the bridge's asyncio loop through its external-loop hooks (socket open/close,
-register/unregister write), so every paho call happens on one thread and no lock is needed.
-Incoming messages are converted here, once, into :class:`~bridge.message.Inbound`.
-:mod:`bridge.link` pairs two of these: one for requests, one for replies.
+paho runs on the loop through its external-loop hooks, so every paho call happens on one
+thread, without locks.  Incoming messages become :class:`~bridge.message.Inbound` here, once.
+:mod:`bridge.link` pairs two connections: one for requests, one for replies.
 
 Session rules (what peers get wrong, see docs/reliability.md): a stable client id, clean start
-off and a session expiry so the broker keeps subscriptions and queued QoS 1 messages while the
-bridge is away; handlers are registered before connecting so queued messages are never lost;
-subscriptions are renewed on every connect; QoS >= 1 messages are acknowledged manually, by
-the dispatcher, after their reply went out; TCP_NODELAY on the socket (without it QoS 1 round
-trips stall ~40 ms on Nagle's algorithm).
+off and a session expiry; handlers registered before connecting; subscriptions renewed on
+every connect; manual acknowledgements; TCP_NODELAY (QoS 1 round trips otherwise stall ~40 ms).
 """
 
 from __future__ import annotations
@@ -166,8 +162,7 @@ class Connection:
 
     async def _connect_once(self) -> None:
         c = self.config
-        # A non-blocking reachability probe first: paho's connect blocks, and must not block
-        # the loop for long on an unreachable host.
+        # A non-blocking probe first: paho's connect would block the loop on an unreachable host.
         _, writer = await asyncio.wait_for(asyncio.open_connection(c.host, c.port), timeout=10)
         writer.close()
         self._was_up = False
@@ -326,9 +321,8 @@ class Connection:
 
     def _read(self) -> None:
         client = self._client
-        # paho's loop_read() handles one packet per call when nothing is in flight, and does
-        # not say whether the socket is drained; its packet reader does.  Reading a burst per
-        # wake-up saves an event-loop iteration per message.
+        # loop_read() reads one packet when nothing is in flight and does not say whether the
+        # socket is drained; the packet reader does.  A burst saves a loop iteration per message.
         for _ in range(READ_BURST):
             rc = client._packet_read()  # noqa: SLF001 (paho 2.x, pinned below 3)
             if rc == paho.MQTT_ERR_AGAIN:

@@ -1,10 +1,10 @@
-"""Topic filter matching and publishable topics (bridge.routing)."""
+"""Topic filter matching, publishable topics and the reply policy (bridge.routing)."""
 
 from __future__ import annotations
 
 import pytest
 
-from bridge.routing import is_publishable, matches
+from bridge.routing import ReplyPolicy, is_publishable, matches
 
 
 @pytest.mark.parametrize(
@@ -74,3 +74,30 @@ def test_not_publishable(topic):
 
 def test_longest_publishable_topic_is_65535_bytes():
     assert is_publishable("x" * 65535) is True
+
+
+def test_reply_policy_checks_requested_topics_against_the_allow_list_only():
+    policy = ReplyPolicy(["replies/#"], ["functions/+"])
+    assert policy.refusal("replies/me", requested=True) == ""
+    assert policy.refusal("elsewhere/me", requested=True) == "is not in replies.allowed_topics"
+    assert policy.refusal("elsewhere/me", requested=False) == ""  # the operator's template
+
+
+@pytest.mark.parametrize("topic", ["", "replies/+", "replies/#", "$SYS/x"])
+def test_reply_policy_refuses_invalid_topics(topic):
+    policy = ReplyPolicy(["#", "$SYS/#"], [])
+    assert "not a valid topic" in policy.refusal(topic, requested=True)
+    assert "not a valid topic" in policy.refusal(topic, requested=False)
+
+
+def test_reply_policy_refuses_a_topic_a_route_subscribes_to():
+    policy = ReplyPolicy(["#"], ["functions/+"])
+    for requested in (True, False):
+        assert "loop" in policy.refusal("functions/echo", requested=requested)
+
+
+def test_reply_policy_cache_is_bounded():
+    policy = ReplyPolicy(["#"], [])
+    for i in range(ReplyPolicy.MAX_CACHED * 2):
+        assert policy.refusal(f"t/{i}", requested=True) == ""
+    assert len(policy._verdicts) <= ReplyPolicy.MAX_CACHED
