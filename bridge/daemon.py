@@ -157,6 +157,7 @@ class Bridge:
             password=self.password,
             on_session_lost=lambda: dispatcher_ref[0].session_lost(),
             on_session_resumed=lambda: dispatcher_ref[0].session_resumed(),
+            on_released=lambda mid: dispatcher_ref[0].released(mid),
             on_connected=lambda: dispatcher_ref[0].connected(),
         )
         replies = ReplyStore(self.config.replies.store, max_age=self.config.mqtt.session_expiry)

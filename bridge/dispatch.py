@@ -14,7 +14,7 @@ Delivery rules:
 * At most ``limits.max_in_flight`` requests are in flight at once; at the bound the link
   stops reading requests, and the rest wait in the broker (bridge.link).
 * Replies go out on the reply connection, acknowledgements on the request connection.  When
-  the request connection resumes its session the broker redelivers every unacknowledged
+  the request connection resumes its session the broker redelivers every unacknowledged QoS 1
   request; work in progress then acknowledges only once that copy has arrived, so the copy is
   never taken for a new request (and run again).
 """
@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from .codec import check_request, encode_reply, event_from_message
 from .config import BridgeConfig, RouteConfig
 from .contract import Context, Response, error_body
-from .iotstudio.automation import ThingPayloadError, properties_from_payload, properties_from_result
+from .iotstudio.automation import ThingSink, write_thing
 from .functions import Function, Unavailable, respond, respond_async
 from .logs import current_function
 from .message import Inbound, Outbound
@@ -79,12 +79,6 @@ class Job:
     copy_due: bool = False  # the session resumed: the broker will redeliver this request
 
 
-class ThingSink(Protocol):
-    """Where Thing property updates go (bridge.iotstudio.automation.ThingWriter)."""
-
-    def submit(self, target: Any, properties: Any) -> None: ...
-
-
 @dataclass(eq=False)
 class Dispatcher:
     config: BridgeConfig
@@ -124,25 +118,28 @@ class Dispatcher:
     def route_for(self, msg: Inbound) -> Route | None:
         """The route a message was delivered for: by v5 subscription id, else first match."""
         for sid in msg.subscription_ids:
-            if 0 < sid <= len(self.routes):
+            # A message queued before a reload carries the id of the old route order.
+            if 0 < sid <= len(self.routes) and matches(self.routes[sid - 1].config.topic, msg.topic):
                 return self.routes[sid - 1]
         return next((r for r in self.routes if matches(r.config.topic, msg.topic)), None)
 
     def handle(self, msg: Inbound) -> None:
         """Take one message from the transport (event loop thread)."""
         if msg.qos and msg.mid in self._running:
-            if msg.dup:
+            job = self._running[msg.mid]
+            if msg.dup and msg.topic == job.msg.topic and msg.payload == job.msg.payload:
                 # The broker redelivered a message we are still working on (after a reconnect):
                 # the running job acknowledges this mid when it finishes, or now if it has.
-                job = self._running[msg.mid]
                 job.copy_due = False
                 if job.ack_due:
                     del self._running[msg.mid]
                     self._ack(msg)
                 return
-            # A new message with the packet id of running work: the broker lost its state (a
+            # Another message with the packet id of running work: the broker lost its state (a
             # restart from an older snapshot). The old job must not acknowledge this one.
             self._running.pop(msg.mid).orphaned = True
+        if self._closing:
+            return  # shutting down: not acknowledged, so the broker keeps it for the next start
         if self._log_payloads:
             log.info("message on %s (qos %d, %d bytes): %r", msg.topic, msg.qos, len(msg.payload), msg.payload[:1024])
         route = self.route_for(msg)
@@ -167,7 +164,7 @@ class Dispatcher:
         elif isinstance(function, Unavailable):
             self._finish(job, error_body(503, f"function {function.name} is unavailable: {function.reason}"))
         elif function is None:  # a no-code Thing route: the payload is the update
-            self._finish(job, self._write_thing(job, None))
+            self._finish(job, write_thing(self.things, route.config.thing, msg, None))
         elif function.is_async:
             job.running = True
             self.loop.create_task(self._run_async(job, function))
@@ -264,7 +261,7 @@ class Dispatcher:
         if job.timer is not None:
             job.timer.cancel()
         if job.route.config.thing is not None and response.status < 300 and job.route.function is not None:
-            response = self._write_thing(job, response)
+            response = write_thing(self.things, job.route.config.thing, job.msg, response)
         msg = job.msg
         out: Outbound | None = None
         if job.reply_to is not None:
@@ -301,31 +298,6 @@ class Dispatcher:
             log.info("publishing %d repl(ies) made while the broker was away", len(parked))
         for job, out in parked:
             self._send(job, out)
-
-    def _write_thing(self, job: Job, response: Response | None) -> Response:
-        """Queue the Thing update a route makes; the reply says whether it was accepted.
-
-        ``response`` is the function's (None for a no-code route, which writes the payload).
-        The update is durable once queued; delivery to the API happens in the background.
-        """
-        target = job.route.config.thing
-        try:
-            if response is None:
-                properties = properties_from_payload(job.msg.payload)
-                response = Response(202, body=b"Thing update queued")
-            else:
-                properties = properties_from_result(response.status, response.data)
-                if properties is None:
-                    return response
-            if self.things is None:
-                raise RuntimeError("Thing updates are not enabled")
-            self.things.submit(target, properties)
-            return response
-        except ThingPayloadError as exc:
-            return error_body(400, str(exc))
-        except Exception as exc:
-            log.error("Thing update for %s not queued: %s", job.msg.topic, exc)
-            return error_body(503, f"Thing update not queued: {exc}")
 
     def published(self, mid: int) -> None:
         """The broker acknowledged reply ``mid``: acknowledge its request."""
@@ -370,9 +342,25 @@ class Dispatcher:
 
     def session_resumed(self) -> None:
         """The request connection resumed its session after a drop: the broker now redelivers
-        every request not yet acknowledged, each with the packet id it had."""
-        for job in self._running.values():
-            job.copy_due = True
+        every QoS 1 request not yet acknowledged, each with the packet id it had.  QoS 2 ones
+        are not sent again (the broker resends only its PUBREL): their ids stay valid."""
+        for mid, job in list(self._running.items()):
+            if job.msg.qos == 1:
+                job.copy_due = True
+            elif job.ack_due:
+                del self._running[mid]
+                self._ack(job.msg)
+
+    def released(self, mid: int) -> None:
+        """The broker resent PUBREL for QoS 2 request ``mid``, delivered before the resume:
+        complete it if its work is done (the PUBCOMP was lost with the old connection)."""
+        job = self._running.get(mid)
+        if job is None:
+            self.publisher.ack(mid, 2)
+        elif job.ack_due:
+            del self._running[mid]
+            self._ack(job.msg)
+        # else: still running; it completes when its reply is out
 
     async def drain(self, grace: float) -> bool:
         """Wait up to ``grace`` seconds for every request to be answered and acknowledged."""

@@ -50,6 +50,7 @@ class BrokerLink:
         password: str | None = None,
         on_session_lost: Callable[[], None] | None = None,
         on_session_resumed: Callable[[], None] | None = None,
+        on_released: Callable[[int], None] | None = None,
         on_connected: Callable[[], None] | None = None,
     ) -> None:
         self._session_lost = on_session_lost
@@ -57,7 +58,7 @@ class BrokerLink:
         self._replies_up = on_connected
         self.requests = Connection(
             config, client_id=config.client_id, name="requests", subscriptions=subscriptions,
-            on_message=on_message, on_connect=self._requests_connected,
+            on_message=on_message, on_connect=self._requests_connected, on_stale_pubrel=on_released,
             receive_maximum=receive_maximum, password=password,
         )
         self.replies = Connection(

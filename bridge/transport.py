@@ -48,6 +48,24 @@ class _PublishProperties(Properties):
         return self._packed  # type: ignore[no-any-return]
 
 
+class _Client(paho.Client):
+    """paho's client, reporting a PUBREL for a QoS 2 message it already delivered.
+
+    With manual acks paho ignores those; they come after a resumed session when the PUBCOMP
+    was lost with the old connection, and unanswered they would stay in flight forever.
+    """
+
+    on_stale_pubrel: Callable[[int], None] | None = None
+
+    def _handle_pubrel(self) -> paho.MQTTErrorCode:
+        mid = int.from_bytes(self._in_packet["packet"][:2], "big")
+        known = mid in self._in_messages
+        rc = super()._handle_pubrel()
+        if not known and self.on_stale_pubrel is not None:
+            self.on_stale_pubrel(mid)
+        return rc
+
+
 class Connection:
     """One persistent MQTT session, driven by the running asyncio loop.
 
@@ -64,6 +82,7 @@ class Connection:
         on_message: Callable[[Inbound], None] | None = None,
         on_published: Callable[[int], None] | None = None,
         on_connect: Callable[[bool], None] | None = None,
+        on_stale_pubrel: Callable[[int], None] | None = None,
         receive_maximum: int | None = None,
         password: str | None = None,
     ) -> None:
@@ -89,13 +108,14 @@ class Connection:
         self._pending_subacks = 0
         self._unsubscribe: set[str] = set()  # filters dropped by a reload, not yet unsubscribed
         self.connections = 0  # successful connects so far (reconnects count)
-        self._was_up = False  # the current connection got a successful CONNACK
+        self._up_now = False  # CONNACK accepted, no disconnect since (paho's own flag lags)
         self._client = self._make_client(password)
+        self._client.on_stale_pubrel = on_stale_pubrel
 
     # -- setup --------------------------------------------------------------------------------
-    def _make_client(self, password: str | None) -> paho.Client:
+    def _make_client(self, password: str | None) -> _Client:
         c = self.config
-        client = paho.Client(
+        client = _Client(
             paho.CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
@@ -144,6 +164,7 @@ class Connection:
         c = self.config
         delay = c.reconnect_min_delay
         while not self._stopping:
+            accepted_before = self.connections
             try:
                 await self._connect_once()
             except (OSError, ssl.SSLError, TimeoutError, ValueError) as exc:
@@ -157,7 +178,8 @@ class Connection:
             if self._stopping:
                 break
             # Reset the backoff only after a connection the broker accepted.
-            delay = c.reconnect_min_delay if self._was_up else min(delay * 2, c.reconnect_max_delay)
+            accepted = self.connections > accepted_before
+            delay = c.reconnect_min_delay if accepted else min(delay * 2, c.reconnect_max_delay)
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
 
     async def _connect_once(self) -> None:
@@ -165,7 +187,6 @@ class Connection:
         # A non-blocking probe first: paho's connect would block the loop on an unreachable host.
         _, writer = await asyncio.wait_for(asyncio.open_connection(c.host, c.port), timeout=10)
         writer.close()
-        self._was_up = False
         self._down.clear()
         try:
             if self.connections == 0:
@@ -193,7 +214,7 @@ class Connection:
         if reason.is_failure:
             log.error("%s: broker refused the connection: %s", self.name, reason)
             return
-        self._was_up = True
+        self._up_now = True
         self.connections += 1
         if self._v5 and props is not None and getattr(props, "ReceiveMaximum", None):
             # paho keeps its own in-flight limit for our publishes; follow the broker's.
@@ -229,15 +250,12 @@ class Connection:
                 self._pending_subacks += 1
 
     def set_subscriptions(self, subscriptions: list[Subscription]) -> None:
-        """Replace the subscriptions (a reload) without dropping the session.
-
-        Filters no longer wanted are unsubscribed; every wanted one is subscribed again, which
-        renews its options and subscription id.  While disconnected this happens on connect.
-        """
+        """Replace the subscriptions (a reload) on the same session: unsubscribe dropped
+        filters, subscribe every wanted one again (renewing its options and id)."""
         wanted = {s.topic for s in subscriptions}
         self._unsubscribe |= {s.topic for s in self.subscriptions} - wanted
         self.subscriptions = subscriptions
-        if self._client.is_connected():
+        if self._up_now:
             self._subscribe_all(self._client)
 
     def _on_subscribe(self, _c: paho.Client, _u: Any, mid: int, reasons: Any, _p: Any) -> None:
@@ -249,6 +267,7 @@ class Connection:
             self._up()
 
     def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self._up_now = False
         self.connected.clear()
         if not self._stopping:
             log.warning("%s connection: disconnected from the broker: %s", self.name, reason)
@@ -305,6 +324,8 @@ class Connection:
             return
         if on:
             self._loop.add_reader(sock, self._read)
+            if isinstance(sock, ssl.SSLSocket) and sock.pending():
+                self._loop.call_soon(self._read)  # decrypted bytes the selector cannot see
         else:
             self._loop.remove_reader(sock)
         self._reader_on = on
@@ -385,7 +406,9 @@ class Connection:
 
     @property
     def is_connected(self) -> bool:
-        return self._client.is_connected()
+        # Not paho's is_connected(): after a DISCONNECT from the broker or a keepalive timeout
+        # it stays true until the next reconnect, and what is sent meanwhile is dropped.
+        return self._up_now
 
     def ack(self, mid: int, qos: int) -> None:
         self._client.ack(mid, qos)

@@ -99,3 +99,90 @@ def test_work_that_finishes_before_its_redelivered_copy_arrives_is_not_run_again
     assert acked_before_copy == []
     assert recorder.acked == [9]
     assert len(recorder.published) == 1  # ran once
+
+
+def _dispatcher(recorder: Recorder, config=SLOW) -> Dispatcher:
+    return Dispatcher(config, load_routes(config), recorder, asyncio.get_running_loop())  # type: ignore[arg-type]
+
+
+def test_a_qos2_request_finished_while_disconnected_is_completed_when_the_session_resumes():
+    """The broker resends only PUBREL for QoS 2, never the PUBLISH: no copy will come."""
+
+    async def scenario() -> tuple[Recorder, list[int]]:
+        recorder = Recorder()
+        dispatcher = _dispatcher(recorder)
+        recorder.can_ack = False
+        dispatcher.handle(Inbound("w", b"0", qos=2, mid=4))
+        dispatcher.handle(Inbound("w", b"0.05", qos=2, mid=5))  # still running at the resume
+        async with asyncio.timeout(5):
+            while not recorder.published:
+                await asyncio.sleep(0.01)
+        acked_while_down = list(recorder.acked)
+        recorder.can_ack = True
+        dispatcher.session_resumed()
+        assert await dispatcher.drain(5)
+        return recorder, acked_while_down
+
+    recorder, acked_while_down = asyncio.run(scenario())
+    assert acked_while_down == []
+    assert recorder.acked == [4, 5]  # 4 at the resume, 5 when it finished
+    assert len(recorder.published) == 2
+
+
+def test_a_different_message_with_a_running_jobs_id_and_dup_set_is_not_taken_for_its_copy():
+    async def scenario() -> Recorder:
+        recorder = Recorder()
+        dispatcher = _dispatcher(recorder)
+        dispatcher.handle(Inbound("w", b"0.05", qos=1, mid=2))  # A
+        dispatcher.session_resumed()
+        dispatcher.handle(Inbound("w", b"0.01", qos=1, mid=2, dup=True))  # B: the broker lost A
+        assert await dispatcher.drain(5)
+        return recorder
+
+    recorder = asyncio.run(scenario())
+    assert sorted(o.payload.count(b"slept") for o in recorder.published) == [1, 1]  # both ran
+    assert recorder.acked == [2]  # B's, once; A never acknowledges an id that is B's now
+
+
+def test_messages_arriving_during_shutdown_are_left_to_the_broker():
+    async def scenario() -> Recorder:
+        recorder = Recorder()
+        dispatcher = _dispatcher(recorder)
+        dispatcher.stop_intake()
+        dispatcher.handle(Inbound("w", b"0", qos=1, mid=6))
+        assert await dispatcher.drain(1)
+        return recorder
+
+    recorder = asyncio.run(scenario())
+    assert recorder.published == [] and recorder.acked == []  # redelivered at the next start
+
+
+def test_a_stale_subscription_id_from_before_a_reload_does_not_pick_the_wrong_route():
+    config = parse_config({"handlers_dir": str(TEST_HANDLERS), "routes": [
+        {"topic": "b/#", "handler": "slow_async"}, {"topic": "a/#", "handler": "slow_async"}]}, TEST_HANDLERS)
+
+    async def scenario() -> str | None:
+        dispatcher = _dispatcher(Recorder(), config)
+        # Queued when a/# was route 1; after the reload route 1 is b/#.
+        route = dispatcher.route_for(Inbound("a/x", b"", subscription_ids=[1]))
+        return route.config.topic if route else None
+
+    assert asyncio.run(scenario()) == "a/#"
+
+
+def test_a_resent_pubrel_completes_finished_qos2_work_and_waits_for_running_work():
+    async def scenario() -> tuple[list[int], list[int], Recorder]:
+        recorder = Recorder()
+        dispatcher = _dispatcher(recorder)
+        dispatcher.released(11)  # finished before the drop; its PUBCOMP was lost
+        after_finished = list(recorder.acked)
+        dispatcher.handle(Inbound("w", b"0.05", qos=2, mid=12))
+        dispatcher.released(12)  # still running: completed only when its reply is out
+        after_running = list(recorder.acked)
+        assert await dispatcher.drain(5)
+        return after_finished, after_running, recorder
+
+    after_finished, after_running, recorder = asyncio.run(scenario())
+    assert after_finished == [11]
+    assert after_running == [11]
+    assert recorder.acked == [11, 12] and len(recorder.published) == 1

@@ -2,8 +2,9 @@
 
 A route with ``[routes.thing]`` writes, per message, either its function's result body (a JSON
 object, when the status is below 300) or, for a route without a function, the message payload
-(which must be a JSON object).  The dispatcher decides *what* with :func:`properties_from_result`
-or :func:`properties_from_payload` and hands it to :meth:`ThingWriter.submit`, which only
+(which must be a JSON object).  The dispatcher calls :func:`write_thing`, which decides *what*
+(:func:`properties_from_result`, :func:`properties_from_payload`) and hands it to a
+:class:`ThingSink` (:meth:`ThingWriter.submit` in the daemon), which only
 appends to the SQLite outbox and returns.  A background thread delivers: strictly in order per
 Thing, retrying what the API could not take now (no response, 401, 408, 429, 5xx) with backoff
 until delivered or older than ``[outbox] max_age``.  Any other 4xx is final: logged, counted,
@@ -18,11 +19,13 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from ..config import OutboxConfig, ThingTarget
 from ..errors import ApiError, BridgeError, ConfigError
 from .. import secretstore
+from ..contract import Response, error_body
+from ..message import Inbound
 from .client import ApiClient
 from .outbox import Item, Outbox, OutboxError
 
@@ -36,6 +39,37 @@ class ThingPayloadError(BridgeError):
     """What a Thing route was given to write is not a JSON object; answer the request 400."""
 
     status = 400
+
+
+class ThingSink(Protocol):
+    """Where Thing property updates go (:class:`ThingWriter`)."""
+
+    def submit(self, target: Any, properties: Any) -> None: ...
+
+
+def write_thing(sink: ThingSink | None, target: ThingTarget, msg: Inbound, response: Response | None) -> Response:
+    """Queue the Thing update a route makes; the reply says whether it was accepted.
+
+    ``response`` is the function's (None for a no-code route, which writes the payload).
+    The update is durable once queued; delivery to the API happens in the background.
+    """
+    try:
+        if response is None:
+            properties = properties_from_payload(msg.payload)
+            response = Response(202, body=b"Thing update queued")
+        else:
+            properties = properties_from_result(response.status, response.data)
+            if properties is None:
+                return response
+        if sink is None:
+            raise RuntimeError("Thing updates are not enabled")
+        sink.submit(target, properties)
+        return response
+    except ThingPayloadError as exc:
+        return error_body(400, str(exc))
+    except Exception as exc:
+        log.error("Thing update for %s not queued: %s", msg.topic, exc)
+        return error_body(503, f"Thing update not queued: {exc}")
 
 
 def properties_from_payload(payload: bytes | str) -> dict[str, Any]:

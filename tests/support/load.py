@@ -246,3 +246,44 @@ def take_over(port: int, client_id: str, session_expiry: int = 86400) -> None:
     finally:
         c.disconnect()
         c.loop_stop()
+
+
+def unfinished_in_session(port: int, client_id: str, topic: str, session_expiry: int = 86400) -> list[str]:
+    """What a stopped client's session still holds unacknowledged: connect as that client,
+    then publish a marker to ``topic`` (one of its subscriptions).  The broker resends what is
+    in flight (a PUBLISH, or a PUBREL for QoS 2) right after CONNACK, so whatever arrives
+    before the marker was left unfinished.  Returns payloads, and "PUBREL <mid>" entries."""
+    marker = f"marker-{time.monotonic_ns()}".encode()
+    seen: list[str] = []
+    done = threading.Event()
+    connected = threading.Event()
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = session_expiry
+
+    def on_message(_c: paho.Client, _u: object, m: paho.MQTTMessage) -> None:
+        if m.payload == marker:
+            done.set()
+        elif not done.is_set():
+            seen.append(m.payload.decode(errors="replace"))
+
+    def on_log(_c: paho.Client, _u: object, _level: int, text: str) -> None:
+        if text.startswith("Received PUBREL") and not done.is_set():
+            seen.append("PUBREL " + text.split("Mid: ")[-1].rstrip(")"))
+
+    c.on_message = on_message
+    c.on_log = on_log
+    c.on_connect = lambda *_a: connected.set()
+    c.connect("127.0.0.1", port, clean_start=False, properties=props)
+    c.loop_start()
+    try:
+        if not connected.wait(10):
+            raise AssertionError(f"could not connect as {client_id!r}")
+        subprocess.run(["mosquitto_pub", "-V", "5", "-p", str(port), "-q", "1", "-t", topic, "-m", marker],
+                       check=True, timeout=10, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if not done.wait(10):
+            raise AssertionError("the marker did not arrive")
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    return seen
