@@ -132,8 +132,7 @@ class Dispatcher:
                 # the running job acknowledges this mid when it finishes, or now if it has.
                 job.copy_due = False
                 if job.ack_due:
-                    del self._running[msg.mid]
-                    self._ack(msg)
+                    self._settle(job)
                 return
             # Another message with the packet id of running work: the broker lost its state (a
             # restart from an older snapshot). The old job must not acknowledge this one.
@@ -322,6 +321,11 @@ class Dispatcher:
             self._paused = False
             self.publisher.resume()
 
+    def _settle(self, job: Job) -> None:
+        """Acknowledge finished work whose acknowledgement was deferred (``ack_due``)."""
+        del self._running[job.msg.mid]
+        self._ack(job.msg)
+
     def _ack(self, msg: Inbound) -> None:
         if msg.qos:
             self.publisher.ack(msg.mid, msg.qos)
@@ -344,12 +348,11 @@ class Dispatcher:
         """The request connection resumed its session after a drop: the broker now redelivers
         every QoS 1 request not yet acknowledged, each with the packet id it had.  QoS 2 ones
         are not sent again (the broker resends only its PUBREL): their ids stay valid."""
-        for mid, job in list(self._running.items()):
+        for job in list(self._running.values()):
             if job.msg.qos == 1:
                 job.copy_due = True
             elif job.ack_due:
-                del self._running[mid]
-                self._ack(job.msg)
+                self._settle(job)
 
     def released(self, mid: int) -> None:
         """The broker resent PUBREL for QoS 2 request ``mid``, delivered before the resume:
@@ -358,8 +361,7 @@ class Dispatcher:
         if job is None:
             self.publisher.ack(mid, 2)
         elif job.ack_due:
-            del self._running[mid]
-            self._ack(job.msg)
+            self._settle(job)
         # else: still running; it completes when its reply is out
 
     async def drain(self, grace: float) -> bool:

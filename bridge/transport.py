@@ -169,7 +169,7 @@ class Connection:
                 await self._connect_once()
             except (OSError, ssl.SSLError, TimeoutError, ValueError) as exc:
                 wait = delay * random.uniform(0.8, 1.2)
-                log.warning("%s: cannot connect to %s:%d (%s); retrying in %.1f s",
+                log.warning("%s connection: cannot connect to %s:%d (%s); retrying in %.1f s",
                             self.name, c.host, c.port, exc, wait)
                 await asyncio.sleep(wait)
                 delay = min(delay * 2, c.reconnect_max_delay)
@@ -212,7 +212,7 @@ class Connection:
     # -- paho callbacks (all on the loop thread) ----------------------------------------------
     def _on_connect(self, client: paho.Client, _u: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
-            log.error("%s: broker refused the connection: %s", self.name, reason)
+            log.error("%s connection: broker refused the connection: %s", self.name, reason)
             return
         self._up_now = True
         self.connections += 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import textwrap
 from pathlib import Path
@@ -12,22 +11,16 @@ import pytest
 
 from bridge.cli import main
 from bridge.logs import current_function
+from tests.support.isolation import logging_restored
 
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):
     """Undo what the commands change in the process: logging, sys.stderr, imports, sys.path."""
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level, logging.getLogger("bridge").level, sys.stderr, list(sys.path))
+    path = list(sys.path)
     monkeypatch.chdir(tmp_path)  # the config path is given explicitly: cwd must not matter
-    yield
-    handlers, level, bridge_level, stderr, path = saved
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)
-    logging.getLogger("bridge").setLevel(bridge_level)
-    sys.stderr = stderr
+    with logging_restored():
+        yield
     sys.path[:] = path
     for name, mod in list(sys.modules.items()):
         if str(getattr(mod, "__file__", None) or "").startswith(str(tmp_path)):

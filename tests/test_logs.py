@@ -12,22 +12,15 @@ import pytest
 
 from bridge import logs
 from bridge.logs import current_function
+from tests.support.isolation import logging_restored
 
 LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?P<level>\w+) +\[(?P<function>[^\]]+)\] (?P<logger>\S+): (?P<msg>.*)$")
 
 
 @pytest.fixture(autouse=True)
 def _restore_logging():
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level, logging.getLogger("bridge").level, sys.stderr)
-    yield
-    handlers, level, bridge_level, stderr = saved
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)
-    logging.getLogger("bridge").setLevel(bridge_level)
-    sys.stderr = stderr
+    with logging_restored():
+        yield
 
 
 def _setup(level: str = "INFO", function_level: str = "INFO") -> io.StringIO:

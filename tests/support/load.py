@@ -7,6 +7,7 @@ client is fast enough; it cannot measure a bridge that is faster than about 4-6k
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import socket
@@ -15,7 +16,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Iterator
 
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
@@ -229,26 +230,40 @@ class MemorySampler:
 
 
 
-def take_over(port: int, client_id: str, session_expiry: int = 86400) -> None:
-    """Connect with someone else's client id and leave at once: the broker drops that client's
-    connection (a session takeover) and keeps its session, with every unacknowledged message,
-    for it to resume.  Messages delivered here meanwhile are not acknowledged."""
-    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5, manual_ack=True)
+@contextlib.contextmanager
+def connected_as(port: int, client_id: str, *, session_expiry: int = 86400, manual_ack: bool = False,
+                 setup: Callable[[paho.Client], None] | None = None) -> Iterator[paho.Client]:
+    """Connected with someone else's client id (clean start off: the session is theirs, and
+    stays after we leave with ``session_expiry``); disconnected on exit.  ``setup`` sets
+    callbacks before connecting, so nothing the broker sends at once is missed."""
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5,
+                    manual_ack=manual_ack)
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = session_expiry  # 0 would end the session when we leave
     connected = threading.Event()
     c.on_connect = lambda *_a: connected.set()
+    if setup is not None:
+        setup(c)
     c.connect("127.0.0.1", port, clean_start=False, properties=props)
     c.loop_start()
     try:
         if not connected.wait(10):
             raise AssertionError(f"could not connect as {client_id!r}")
+        yield c
     finally:
         c.disconnect()
         c.loop_stop()
 
 
-def unfinished_in_session(port: int, client_id: str, topic: str, session_expiry: int = 86400) -> list[str]:
+def take_over(port: int, client_id: str) -> None:
+    """Connect with another client's id and leave at once: the broker drops that client's
+    connection (a session takeover) and keeps its session, with every unacknowledged message,
+    for it to resume.  Messages delivered here meanwhile are not acknowledged."""
+    with connected_as(port, client_id, manual_ack=True):
+        pass
+
+
+def unfinished_in_session(port: int, client_id: str, topic: str) -> list[str]:
     """What a stopped client's session still holds unacknowledged: connect as that client,
     then publish a marker to ``topic`` (one of its subscriptions).  The broker resends what is
     in flight (a PUBLISH, or a PUBREL for QoS 2) right after CONNACK, so whatever arrives
@@ -256,10 +271,6 @@ def unfinished_in_session(port: int, client_id: str, topic: str, session_expiry:
     marker = f"marker-{time.monotonic_ns()}".encode()
     seen: list[str] = []
     done = threading.Event()
-    connected = threading.Event()
-    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
-    props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = session_expiry
 
     def on_message(_c: paho.Client, _u: object, m: paho.MQTTMessage) -> None:
         if m.payload == marker:
@@ -271,19 +282,12 @@ def unfinished_in_session(port: int, client_id: str, topic: str, session_expiry:
         if text.startswith("Received PUBREL") and not done.is_set():
             seen.append("PUBREL " + text.split("Mid: ")[-1].rstrip(")"))
 
-    c.on_message = on_message
-    c.on_log = on_log
-    c.on_connect = lambda *_a: connected.set()
-    c.connect("127.0.0.1", port, clean_start=False, properties=props)
-    c.loop_start()
-    try:
-        if not connected.wait(10):
-            raise AssertionError(f"could not connect as {client_id!r}")
+    def setup(c: paho.Client) -> None:
+        c.on_message, c.on_log = on_message, on_log
+
+    with connected_as(port, client_id, setup=setup):
         subprocess.run(["mosquitto_pub", "-V", "5", "-p", str(port), "-q", "1", "-t", topic, "-m", marker],
                        check=True, timeout=10, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if not done.wait(10):
             raise AssertionError("the marker did not arrive")
-    finally:
-        c.disconnect()
-        c.loop_stop()
     return seen
