@@ -152,13 +152,13 @@ class Bridge:
             self.config.mqtt,
             [Subscription(r.config.topic, r.config.qos) for r in self.routes],
             on_message=lambda m: dispatcher_ref[0].handle(m),
-            on_published=lambda mid: dispatcher_ref[0].published(mid),
+            on_published=lambda mid: dispatcher_ref[0].ledger.published(mid),
             receive_maximum=self.config.limits.max_in_flight,
             password=self.password,
-            on_session_lost=lambda: dispatcher_ref[0].session_lost(),
-            on_session_resumed=lambda: dispatcher_ref[0].session_resumed(),
-            on_released=lambda mid: dispatcher_ref[0].released(mid),
-            on_connected=lambda: dispatcher_ref[0].connected(),
+            on_session_lost=lambda: dispatcher_ref[0].ledger.session_lost(),
+            on_session_resumed=lambda: dispatcher_ref[0].ledger.session_resumed(),
+            on_released=lambda mid: dispatcher_ref[0].ledger.released(mid),
+            on_connected=lambda: dispatcher_ref[0].ledger.connected(),
         )
         replies = ReplyStore(self.config.replies.store, max_age=self.config.mqtt.session_expiry)
         dispatcher = Dispatcher(self.config, self.routes, link, loop, Context(env.hostname),

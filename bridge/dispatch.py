@@ -1,22 +1,14 @@
-"""Message -> route -> Event -> function -> reply -> acknowledgement.
+"""Message -> route -> Event -> function -> reply.
 
 Everything here runs on the bridge's event loop thread except :meth:`Dispatcher._run_sync`,
 which runs on a route's worker thread and hands its outcome back with
-``call_soon_threadsafe``.  The transport is the only thing that talks to the broker.
+``call_soon_threadsafe``.  When replies are published and requests acknowledged is the
+business of :mod:`bridge.delivery`; the transport is the only thing that talks to the broker.
 
-Delivery rules:
-
-* A QoS >= 1 request is acknowledged only after its function finished and its reply was
-  handed to the broker (for a QoS >= 1 reply: after the broker acknowledged the reply).
-  A bridge killed before that gets the request redelivered.
 * Every request is answered, also when the function raises, times out or returns garbage,
   and then acknowledged: a poison message is never redelivered in a loop.
 * At most ``limits.max_in_flight`` requests are in flight at once; at the bound the link
   stops reading requests, and the rest wait in the broker (bridge.link).
-* Replies go out on the reply connection, acknowledgements on the request connection.  When
-  the request connection resumes its session the broker redelivers every unacknowledged QoS 1
-  request; work in progress then acknowledges only once that copy has arrived, so the copy is
-  never taken for a new request (and run again).
 """
 
 from __future__ import annotations
@@ -30,29 +22,24 @@ from typing import Any, Protocol
 from .codec import check_request, encode_reply, event_from_message
 from .config import BridgeConfig, RouteConfig
 from .contract import Context, Response, error_body
+from .delivery import Held, Ledger, Link
 from .iotstudio.automation import ThingSink, write_thing
 from .functions import Function, Unavailable, respond, respond_async
 from .logs import current_function
 from .message import Inbound, Outbound
-from .replystore import ReplyStore, request_key
+from .replystore import ReplyStore
 from .routing import ReplyPolicy, matches
 from .workers import WorkerPool
 
 log = logging.getLogger("bridge.dispatch")
 
 
-class Publisher(Protocol):
+class Publisher(Link, Protocol):
     """What the dispatcher needs from the broker link (bridge.link.BrokerLink)."""
 
-    def publish(self, out: Outbound) -> int | None: ...  # mid to await, or None when handed over
-    def ack(self, mid: int, qos: int) -> None: ...
     def pause(self) -> None: ...  # stop taking requests
     def resume(self) -> None: ...
     def flush(self) -> None: ...  # write queued packets now
-    @property
-    def can_publish(self) -> bool: ...  # the reply connection is up
-    @property
-    def can_ack(self) -> bool: ...  # the request connection is up
 
 
 @dataclass(eq=False)
@@ -66,17 +53,12 @@ class Route:
 
 
 @dataclass(eq=False, slots=True)
-class Job:
-    msg: Inbound
-    route: Route
-    reply_to: str | None
+class Job(Held):
+    route: Route = None  # type: ignore[assignment]  (always given)
+    reply_to: str | None = None
     done: bool = False
     running: bool = False
     timer: asyncio.TimerHandle | None = None
-    stored: str | None = None  # key of its reply in the reply store
-    orphaned: bool = False  # its packet id now names another message: never acknowledge
-    ack_due: bool = False  # finished, to be acknowledged when the broker's copy arrives
-    copy_due: bool = False  # the session resumed: the broker will redeliver this request
 
 
 @dataclass(eq=False)
@@ -89,17 +71,15 @@ class Dispatcher:
     things: ThingSink | None = None
     replies: ReplyStore | None = None
     in_flight: int = 0
-    _running: dict[int, Job] = field(default_factory=dict)  # request mid -> job (QoS >= 1)
-    _awaiting: dict[int, Job] = field(default_factory=dict)  # reply mid -> job
     _paused: bool = False
     _closing: bool = False  # shutting down: intake stays stopped
     _completed: deque[tuple[Job, Response]] = field(default_factory=deque)  # from worker threads
     _wake_pending: bool = False
-    _parked: list[tuple[Job, Outbound | None]] = field(default_factory=list)  # while disconnected
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self._idle.set()
+        self.ledger = Ledger(self.publisher, self.replies, self._released_slot)
         self._configure()
 
     def _configure(self) -> None:
@@ -125,18 +105,8 @@ class Dispatcher:
 
     def handle(self, msg: Inbound) -> None:
         """Take one message from the transport (event loop thread)."""
-        if msg.qos and msg.mid in self._running:
-            job = self._running[msg.mid]
-            if msg.dup and msg.topic == job.msg.topic and msg.payload == job.msg.payload:
-                # The broker redelivered a message we are still working on (after a reconnect):
-                # the running job acknowledges this mid when it finishes, or now if it has.
-                job.copy_due = False
-                if job.ack_due:
-                    self._settle(job)
-                return
-            # Another message with the packet id of running work: the broker lost its state (a
-            # restart from an older snapshot). The old job must not acknowledge this one.
-            self._running.pop(msg.mid).orphaned = True
+        if msg.qos and self.ledger.absorb(msg):
+            return  # the broker's copy of a request already held
         if self._closing:
             return  # shutting down: not acknowledged, so the broker keeps it for the next start
         if self._log_payloads:
@@ -144,18 +114,16 @@ class Dispatcher:
         route = self.route_for(msg)
         if route is None:
             log.warning("no route for topic %r; acknowledged and dropped", msg.topic)
-            self._ack(msg)
+            self.ledger.ignore(msg)
             return
-        job = Job(msg, route, self._reply_topic(msg, route))
+        job = Job(msg, route=route, reply_to=self._reply_topic(msg, route))
         self._take(job)
-        if self.replies and msg.qos:
+        stored = self.ledger.hold(job)
+        if stored is not None:
             # Redelivered after a restart, answered before the broker came back: reuse the reply.
-            key = request_key(msg)
-            stored = self.replies.take(key)
-            if stored is not None:
-                job.done, job.stored = True, key
-                self._send(job, stored)
-                return
+            job.done = True
+            self.ledger.send(job, stored)
+            return
         rejection = check_request(msg, self.config.limits.max_payload)
         function = route.function
         if rejection is not None:
@@ -192,8 +160,6 @@ class Dispatcher:
     def _take(self, job: Job) -> None:
         self.in_flight += 1
         self._idle.clear()
-        if job.msg.qos:
-            self._running[job.msg.mid] = job
         if self.in_flight >= self._max and not self._paused:
             self._paused = True
             self.publisher.pause()
@@ -271,49 +237,10 @@ class Dispatcher:
                                    job.reply_to, msg.qos, msg.correlation_data)
         else:
             log.debug("%s -> %d (no reply topic)", msg.topic, response.status)
-        self._send(job, out)
+        self.ledger.send(job, out)
 
-    def _send(self, job: Job, out: Outbound | None) -> None:
-        """Publish the reply (if any), then acknowledge; park both while replies cannot go out."""
-        if out is not None and not self.publisher.can_publish:
-            # An ack queued now would be lost with the connection, and paho would keep a QoS
-            # >= 1 reply only in memory: park it, durably when the request will be redelivered.
-            self._parked.append((job, out))
-            log.info("reply for %s parked until the broker is back", job.msg.topic)
-            if job.msg.qos and self.replies is not None and job.stored is None:
-                job.stored = request_key(job.msg)
-                self.replies.save(job.stored, out)
-            return
-        mid = self.publisher.publish(out) if out is not None else None
-        if mid is not None and job.msg.qos:
-            self._awaiting[mid] = job
-        else:
-            self._done(job)
-
-    def connected(self) -> None:
-        """The transport (re)connected: parked replies go out, then their requests are acked."""
-        parked, self._parked = self._parked, []
-        if parked:
-            log.info("publishing %d repl(ies) made while the broker was away", len(parked))
-        for job, out in parked:
-            self._send(job, out)
-
-    def published(self, mid: int) -> None:
-        """The broker acknowledged reply ``mid``: acknowledge its request."""
-        job = self._awaiting.pop(mid, None)
-        if job is not None:
-            self._done(job)
-
-    def _done(self, job: Job) -> None:
-        if job.msg.qos and self._running.get(job.msg.mid) is job:
-            if self.publisher.can_ack and not job.copy_due:
-                del self._running[job.msg.mid]
-            else:
-                job.ack_due = True  # acknowledged when its copy arrives, see handle()
-        if not job.orphaned and not job.ack_due:
-            self._ack(job.msg)
-        if job.stored is not None and self.replies is not None:
-            self.replies.forget(job.stored)
+    def _released_slot(self, _held: Held) -> None:
+        """The ledger is done with a request: it no longer counts as in flight."""
         self.in_flight -= 1
         if self.in_flight == 0:
             self._idle.set()
@@ -321,48 +248,10 @@ class Dispatcher:
             self._paused = False
             self.publisher.resume()
 
-    def _settle(self, job: Job) -> None:
-        """Acknowledge finished work whose acknowledgement was deferred (``ack_due``)."""
-        del self._running[job.msg.mid]
-        self._ack(job.msg)
-
-    def _ack(self, msg: Inbound) -> None:
-        if msg.qos:
-            self.publisher.ack(msg.mid, msg.qos)
-
     def stop_intake(self) -> None:
         """Take no new messages, for good (shutdown); in-flight ones still finish."""
         self._closing = True
         self.publisher.pause()
-
-    def session_lost(self) -> None:
-        """The broker started a fresh session: pending packet ids now name other messages.
-
-        Work in progress still gets its reply, but must never acknowledge its old id.
-        """
-        for job in self._running.values():
-            job.orphaned = True
-        self._running.clear()
-
-    def session_resumed(self) -> None:
-        """The request connection resumed its session after a drop: the broker now redelivers
-        every QoS 1 request not yet acknowledged, each with the packet id it had.  QoS 2 ones
-        are not sent again (the broker resends only its PUBREL): their ids stay valid."""
-        for job in list(self._running.values()):
-            if job.msg.qos == 1:
-                job.copy_due = True
-            elif job.ack_due:
-                self._settle(job)
-
-    def released(self, mid: int) -> None:
-        """The broker resent PUBREL for QoS 2 request ``mid``, delivered before the resume:
-        complete it if its work is done (the PUBCOMP was lost with the old connection)."""
-        job = self._running.get(mid)
-        if job is None:
-            self.publisher.ack(mid, 2)
-        elif job.ack_due:
-            self._settle(job)
-        # else: still running; it completes when its reply is out
 
     async def drain(self, grace: float) -> bool:
         """Wait up to ``grace`` seconds for every request to be answered and acknowledged."""
