@@ -51,7 +51,8 @@ class MqttConfig(_Model):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 1883
     client_id: Annotated[str, Field(min_length=1)] = "iot-bridge"
-    protocol: Literal[5, 4] = 5  # 5 = MQTT v5, 4 = MQTT v3.1.1
+    # "auto": MQTT 5, or 3.1.1 when the broker refuses 5; 5 = MQTT v5 only, 4 = MQTT v3.1.1 only
+    protocol: Literal["auto", 5, 4] = "auto"
     keepalive: Annotated[int, Field(ge=5, le=65535)] = 60
     session_expiry: Annotated[int, Field(ge=0)] = 86400
     username: str | None = None
@@ -133,6 +134,8 @@ class RouteConfig(_Model):
 class LimitsConfig(_Model):
     max_in_flight: Annotated[int, Field(ge=1, le=65535)] = 256
     max_payload: Annotated[int, Field(ge=0)] = 1024 * 1024  # bytes; larger requests get 413
+    # Payload bytes of the requests in flight; above it the bridge stops reading requests.
+    max_in_flight_bytes: Annotated[int, Field(ge=1)] = 32 * 1024 * 1024
     shutdown_grace: Annotated[float, Field(ge=0)] = 10.0
 
 

@@ -154,9 +154,11 @@ class Bridge:
             on_message=lambda m: dispatcher_ref[0].handle(m),
             on_published=lambda mid: dispatcher_ref[0].ledger.published(mid),
             receive_maximum=self.config.limits.max_in_flight,
+            max_payload=self.config.limits.max_payload,
+            state_dir=self.config.replies.store.parent,
             password=self.password,
             on_session_lost=lambda: dispatcher_ref[0].ledger.session_lost(),
-            on_session_resumed=lambda: dispatcher_ref[0].ledger.session_resumed(),
+            on_session_resumed=lambda last_read: dispatcher_ref[0].ledger.session_resumed(last_read),
             on_released=lambda mid: dispatcher_ref[0].ledger.released(mid),
             on_connected=lambda: dispatcher_ref[0].ledger.connected(),
         )

@@ -10,17 +10,31 @@ sent, across the two broker connections (bridge.link):
 * Replies go out on the reply connection, acknowledgements on the request connection.  While
   the reply connection is down, finished replies are parked (in memory, and for QoS >= 1
   requests in the reply store, so a restart does not run them again).
-* When the request connection resumes its session the broker redelivers every unacknowledged
-  QoS 1 request; work in progress then acknowledges only once that copy has arrived, so the
-  copy is never taken for a new request (and run again).  QoS 2 requests are not resent (the
-  broker resends only PUBREL): their ids stay valid across the resume.
+* When the request connection resumes its session the broker resends every QoS 1 request it
+  has no acknowledgement for.  Brokers differ in how: mosquitto with the same packet id and
+  DUP set, aedes with the same id and no DUP, RabbitMQ with new ids.  So from the resume on
+  (the *resume window*) a copy is recognised by its content: topic, payload, correlation data
+  and response topic.  The copy of a request still running or answered is never run again:
+  the request is acknowledged once, with the copy's packet id (the original's may name another
+  message by now).  The copy of a request acknowledged shortly before the drop (that
+  acknowledgement may have been lost) is acknowledged again and not answered again.
+  The window closes when every expected copy has come, or after :data:`WINDOW_SLACK` new
+  messages (brokers resend before they deliver anything new); its one limit: a new request
+  identical to one of those, arriving inside the window, is taken for the copy (docs/reliability.md).
+* QoS 2 requests are not resent (the broker resends only PUBREL): their ids stay valid.
 * When the broker starts a fresh session, pending packet ids name other messages from then on:
   work in progress is answered but never acknowledges its old id.
+
+The normal path hashes nothing: content keys are computed only for held requests when the
+session resumes, and for messages arriving inside the window.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import time
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -28,6 +42,22 @@ from .message import Inbound, Outbound
 from .replystore import ReplyStore, request_key
 
 log = logging.getLogger("bridge.delivery")
+
+WINDOW_SLACK = 256  # new messages after a resume, after which no more copies are expected
+RECENT_ACKS = 256  # acknowledgements remembered, in case the connection dropped under them
+ACK_MARGIN = 2.0  # seconds before the last read from the broker in which an ack may be lost
+INLINE_KEY_BYTES = 64 * 1024  # larger payloads are remembered by digest, not by reference
+
+CopyKey = tuple[str, object, bytes | None, str | None]
+
+
+def copy_key(msg: Inbound) -> CopyKey:
+    """What a broker's copy of ``msg`` has in common with it, whatever its packet id and DUP flag."""
+    payload = msg.payload
+    body: object = payload
+    if len(payload) > INLINE_KEY_BYTES:
+        body = (len(payload), hashlib.blake2b(payload, digest_size=16).digest())
+    return (msg.topic, body, msg.correlation_data, msg.response_topic)
 
 
 class Link(Protocol):
@@ -66,24 +96,89 @@ class Ledger:
         self._running: dict[int, Held] = {}  # request mid -> held (QoS >= 1)
         self._awaiting: dict[int, Held] = {}  # reply mid -> held
         self._parked: list[tuple[Held, Outbound]] = []  # while the reply connection is down
+        # Acknowledged requests (time, message or its key), for the resume window.
+        self._recent: deque[tuple[float, Inbound | CopyKey]] = deque(maxlen=RECENT_ACKS)
+        self._window: dict[CopyKey, list[Held]] | None = None  # held requests awaiting their copy
+        self._window_misses = 0
+        self._acked_copies: Counter[CopyKey] = Counter()  # acknowledged shortly before the drop
 
     # -- arrival ------------------------------------------------------------------------------
     def absorb(self, msg: Inbound) -> bool:
-        """True when ``msg`` is the broker's copy of a request already held (nothing to run)."""
+        """True when ``msg`` is the broker's copy of a request already held or just answered
+        (nothing to run: it is acknowledged with its own packet id, once)."""
+        if self._window is not None or self._acked_copies:
+            return self._absorb_in_window(msg)
         held = self._running.get(msg.mid)
         if held is None:
             return False
-        if msg.dup and msg.topic == held.msg.topic and msg.payload == held.msg.payload:
-            # Redelivered while we are still working on it (after a reconnect): the held
-            # request acknowledges this mid when it finishes, or now if it has.
-            held.copy_due = False
-            if held.ack_due:
-                self._settle(held)
+        if copy_key(msg) == copy_key(held.msg):  # hashing only when a held id comes again
+            self._take_copy(held, msg)
             return True
         # Another message with the packet id of held work: the broker lost its state (a
         # restart from an older snapshot).  The old one must not acknowledge this one.
         self._running.pop(msg.mid).orphaned = True
         return False
+
+    def _absorb_in_window(self, msg: Inbound) -> bool:
+        key = copy_key(msg)
+        waiting = self._window.get(key) if self._window else None
+        if waiting:
+            held = waiting.pop(0)
+            if not waiting:
+                del self._window[key]  # type: ignore[union-attr]
+            self._take_copy(held, msg)
+            if not self._window:
+                self._window = None  # every copy came
+            return True
+        if self._acked_copies[key] > 0:
+            self._acked_copies[key] -= 1
+            log.debug("copy of a request acknowledged before the drop, on %s: acknowledged again", msg.topic)
+            self._link.ack(msg.mid, msg.qos)
+            return True
+        # A new message.  Brokers resend what they have in flight before anything new, so
+        # acknowledged requests will not come again from now on.
+        self._acked_copies.clear()
+        if self._window is not None:
+            self._window_misses += 1
+            if self._window_misses > WINDOW_SLACK:
+                self._close_window()
+        held = self._running.get(msg.mid)
+        if held is not None:
+            del self._running[msg.mid]
+            if not held.copy_due:
+                held.orphaned = True  # delivered on this connection: the broker lost it
+            # else its old id now names this message: it acknowledges its copy's id
+        return False
+
+    def _take_copy(self, held: Held, msg: Inbound) -> None:
+        """``msg`` is the broker's copy of ``held``: from now on ``held`` answers to its id."""
+        if self._running.get(held.msg.mid) is held:
+            del self._running[held.msg.mid]
+        held.msg = msg
+        held.copy_due = False
+        if held.ack_due:  # answered already: acknowledge the copy now
+            held.ack_due = False
+            self._ack(msg)
+            return
+        other = self._running.get(msg.mid)
+        if other is not None and other is not held and not other.copy_due:
+            other.orphaned = True
+        self._running[msg.mid] = held
+
+    def _close_window(self) -> None:
+        """No more copies are expected: requests the broker did not resend (amqtt does not)
+        are answered but never acknowledge an id that may name another message now."""
+        lost = 0
+        for waiting in (self._window or {}).values():
+            for held in waiting:
+                lost += 1
+                held.orphaned, held.copy_due, held.ack_due = True, False, False
+                if self._running.get(held.msg.mid) is held:
+                    del self._running[held.msg.mid]
+        self._window = None
+        if lost:
+            log.warning("the broker did not redeliver %d unacknowledged request(s) after resuming the session; "
+                        "they were answered once and are not acknowledged", lost)
 
     def hold(self, held: Held) -> Outbound | None:
         """Start holding a request; return the reply stored for it before a restart, if any
@@ -143,25 +238,29 @@ class Ledger:
 
     def _done(self, held: Held) -> None:
         msg = held.msg
-        if msg.qos and self._running.get(msg.mid) is held:
-            if self._link.can_ack and not held.copy_due:
-                del self._running[msg.mid]
-            else:
+        if msg.qos and not held.orphaned:
+            if held.copy_due or not self._link.can_ack:
                 held.ack_due = True  # acknowledged when its copy arrives, see absorb()
-        if not held.orphaned and not held.ack_due:
-            self._ack(msg)
+            else:
+                if self._running.get(msg.mid) is held:
+                    del self._running[msg.mid]
+                self._ack(msg)
         if held.stored is not None and self._replies is not None:
             self._replies.forget(held.stored)
         self._on_done(held)
 
     def _settle(self, held: Held) -> None:
-        """Acknowledge finished work whose acknowledgement was deferred (``ack_due``)."""
-        del self._running[held.msg.mid]
+        """Acknowledge finished QoS 2 work whose acknowledgement was deferred (``ack_due``)."""
+        held.ack_due = False
+        if self._running.get(held.msg.mid) is held:
+            del self._running[held.msg.mid]
         self._ack(held.msg)
 
     def _ack(self, msg: Inbound) -> None:
         if msg.qos:
             self._link.ack(msg.mid, msg.qos)
+            # Remembered in case the connection drops before the broker reads it.
+            self._recent.append((time.monotonic(), msg if len(msg.payload) <= INLINE_KEY_BYTES else copy_key(msg)))
 
     # -- the request connection's session -----------------------------------------------------
     def session_lost(self) -> None:
@@ -169,19 +268,40 @@ class Ledger:
 
         Work in progress still gets its reply, but must never acknowledge its old id.
         """
-        for held in self._running.values():
-            held.orphaned = True
+        for held in self._held():
+            held.orphaned, held.copy_due, held.ack_due = True, False, False
         self._running.clear()
+        self._window = None
+        self._acked_copies.clear()
+        self._recent.clear()
 
-    def session_resumed(self) -> None:
-        """The request connection resumed its session after a drop: the broker now redelivers
-        every QoS 1 request not yet acknowledged, each with the packet id it had.  QoS 2 ones
-        are not sent again (the broker resends only its PUBREL): their ids stay valid."""
-        for held in list(self._running.values()):
+    def session_resumed(self, last_read: float | None = None) -> None:
+        """The request connection resumed its session after a drop: the resume window opens.
+
+        The broker now resends every QoS 1 request not yet acknowledged (held ones, and those
+        acknowledged less than :data:`ACK_MARGIN` seconds before ``last_read``, the last read
+        from the dropped connection).  QoS 2 ones are not sent again (the broker resends only
+        its PUBREL): their ids stay valid, and finished ones are completed now.
+        """
+        window: dict[CopyKey, list[Held]] = {}
+        for held in self._held():
             if held.msg.qos == 1:
                 held.copy_due = True
+                window.setdefault(copy_key(held.msg), []).append(held)
             elif held.ack_due:
                 self._settle(held)
+        self._window, self._window_misses = window or None, 0
+        cutoff = (last_read or time.monotonic()) - ACK_MARGIN
+        self._acked_copies = Counter(m if isinstance(m, tuple) else copy_key(m)
+                                     for t, m in self._recent if t >= cutoff)
+        self._recent.clear()
+
+    def _held(self) -> list[Held]:
+        """Every held request not orphaned: by packet id, and awaiting a copy."""
+        seen = {id(h): h for h in self._running.values()}
+        for waiting in (self._window or {}).values():
+            seen.update((id(h), h) for h in waiting)
+        return [h for h in seen.values() if not h.orphaned]
 
     def released(self, mid: int) -> None:
         """The broker resent PUBREL for QoS 2 request ``mid``, delivered before the resume:

@@ -7,8 +7,9 @@ business of :mod:`bridge.delivery`; the transport is the only thing that talks t
 
 * Every request is answered, also when the function raises, times out or returns garbage,
   and then acknowledged: a poison message is never redelivered in a loop.
-* At most ``limits.max_in_flight`` requests are in flight at once; at the bound the link
-  stops reading requests, and the rest wait in the broker (bridge.link).
+* At most ``limits.max_in_flight`` requests, and about ``limits.max_in_flight_bytes`` of
+  their payloads, are in flight at once; at either bound the link stops reading requests, and
+  the rest wait in the broker (bridge.link).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class Dispatcher:
     things: ThingSink | None = None
     replies: ReplyStore | None = None
     in_flight: int = 0
+    in_flight_bytes: int = 0  # payload bytes of the requests in flight
     _paused: bool = False
     _closing: bool = False  # shutting down: intake stays stopped
     _completed: deque[tuple[Job, Response]] = field(default_factory=deque)  # from worker threads
@@ -86,6 +88,7 @@ class Dispatcher:
         """Derive the per-config state (at start and on every reload)."""
         self._max = self.config.limits.max_in_flight
         self._resume_at = max(self._max * 3 // 4, self._max - 1)
+        self._max_bytes = self.config.limits.max_in_flight_bytes
         self._reply_policy = ReplyPolicy(self.config.replies.allowed_topics, [r.config.topic for r in self.routes])
         self._log_payloads = self.config.logging.log_payloads
 
@@ -159,8 +162,9 @@ class Dispatcher:
 
     def _take(self, job: Job) -> None:
         self.in_flight += 1
+        self.in_flight_bytes += len(job.msg.payload)
         self._idle.clear()
-        if self.in_flight >= self._max and not self._paused:
+        if (self.in_flight >= self._max or self.in_flight_bytes >= self._max_bytes) and not self._paused:
             self._paused = True
             self.publisher.pause()
 
@@ -239,12 +243,14 @@ class Dispatcher:
             log.debug("%s -> %d (no reply topic)", msg.topic, response.status)
         self.ledger.send(job, out)
 
-    def _released_slot(self, _held: Held) -> None:
+    def _released_slot(self, held: Held) -> None:
         """The ledger is done with a request: it no longer counts as in flight."""
         self.in_flight -= 1
+        self.in_flight_bytes -= len(held.msg.payload)  # a copy taken meanwhile has the same payload
         if self.in_flight == 0:
             self._idle.set()
-        if self._paused and not self._closing and self.in_flight <= self._resume_at:
+        if (self._paused and not self._closing and self.in_flight <= self._resume_at
+                and self.in_flight_bytes < self._max_bytes):
             self._paused = False
             self.publisher.resume()
 

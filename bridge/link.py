@@ -20,20 +20,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Callable
 
 from .config import MqttConfig
+from .connecting import ProtocolChoice
 from .message import Inbound, Outbound, Subscription
+from .promises import SessionMarker, check_receive_maximum, session_not_kept
 from .transport import Connection
 
 log = logging.getLogger("bridge.transport")
 
 REPLIES_SUFFIX = "-replies"
+# Room above limits.max_payload in the Maximum Packet Size the request connection announces:
+# topic, response topic, correlation data and user properties (at most 64 KiB each are
+# accepted, see bridge.codec) and the fixed headers.
+PACKET_HEADROOM = 4 * 65_538 + 1024
+MAX_PACKET_SIZE = 268_435_455  # the largest MQTT allows
 
 
 def reply_client_id(config: MqttConfig) -> str:
     """The client id of the reply connection (brokers with per-client ACLs must allow it)."""
     return config.client_id + REPLIES_SUFFIX
+
+
+def max_packet_size(max_payload: int) -> int:
+    """The MQTT 5 Maximum Packet Size announced for ``limits.max_payload``."""
+    return min(max_payload + PACKET_HEADROOM, MAX_PACKET_SIZE)
 
 
 class BrokerLink:
@@ -47,38 +60,60 @@ class BrokerLink:
         on_published: Callable[[int], None],
         *,
         receive_maximum: int = 256,
+        max_payload: int | None = None,
+        state_dir: Path | None = None,
         password: str | None = None,
         on_session_lost: Callable[[], None] | None = None,
-        on_session_resumed: Callable[[], None] | None = None,
+        on_session_resumed: Callable[[float], None] | None = None,
         on_released: Callable[[int], None] | None = None,
         on_connected: Callable[[], None] | None = None,
     ) -> None:
         self._session_lost = on_session_lost
         self._session_resumed = on_session_resumed
         self._replies_up = on_connected
+        self._max_in_flight = receive_maximum
+        self._cap_checked = False
+        self.protocol = ProtocolChoice(config.protocol)
+        self.marker: SessionMarker | None = None
+        if state_dir is not None:
+            self.marker = SessionMarker(state_dir, config.client_id, f"{config.host}:{config.port}")
         self.requests = Connection(
-            config, client_id=config.client_id, name="requests", subscriptions=subscriptions,
-            on_message=on_message, on_connect=self._requests_connected, on_stale_pubrel=on_released,
-            receive_maximum=receive_maximum, password=password,
+            config, client_id=config.client_id, name="requests", protocol=self.protocol,
+            subscriptions=subscriptions, on_message=on_message, on_connect=self._requests_connected,
+            on_subscribed=self._subscribed, on_stale_pubrel=on_released, receive_maximum=receive_maximum,
+            max_packet_size=max_packet_size(max_payload) if max_payload is not None else None, password=password,
         )
+        if self.marker is not None and self.marker.subscriptions is not None:
+            self.requests.subs.left_over(self.marker.subscriptions)
         self.replies = Connection(
-            config, client_id=reply_client_id(config), name="replies",
+            config, client_id=reply_client_id(config), name="replies", protocol=self.protocol,
             on_published=on_published, on_connect=self._replies_connected, password=password,
         )
 
-    def _requests_connected(self, session_present: bool) -> None:
+    def _requests_connected(self, session_present: bool, broker_cap: int | None) -> None:
+        if broker_cap is not None and not self._cap_checked:
+            self._cap_checked = True
+            check_receive_maximum(broker_cap, self._max_in_flight)
         if not session_present:
             if self.requests.connections > 1:
-                log.warning("the broker did not keep the session; messages queued for it are gone")
+                session_not_kept(self.requests.client_id, at_start=False)
+            elif self.marker is not None:
+                self.marker.fresh_session()
             if self._session_lost is not None:
                 self._session_lost()
         elif self._session_resumed is not None:
-            self._session_resumed()
+            # Acknowledgements sent shortly before the last read may not have reached the broker.
+            self._session_resumed(self.requests.last_read)
 
-    def _replies_connected(self, _session_present: bool) -> None:
+    def _subscribed(self, subscriptions: list[Subscription]) -> None:
+        if self.marker is not None:
+            # Under MQTT 3.1.1 there is no session expiry: the broker keeps sessions as configured.
+            expiry = self.requests.config.session_expiry if self.protocol.v5 else None
+            self.marker.session_held(subscriptions, expiry)
+
+    def _replies_connected(self, _session_present: bool, _cap: int | None) -> None:
         if self._replies_up is not None:
             self._replies_up()  # replies parked while it was down go out first
-
     async def run(self) -> None:
         """Keep both connections up until :meth:`close`.  The reply connection comes up first,
         so the first requests (a backlog queued in the broker) are answered at once."""
@@ -125,3 +160,5 @@ class BrokerLink:
         """Disconnect both; the request connection first, after its last acknowledgements."""
         await self.requests.close(timeout)
         await self.replies.close(timeout)
+        if self.marker is not None and self.requests.connections:
+            self.marker.stopped()

@@ -7,9 +7,10 @@ also written here, to SQLite, so that a bridge that dies before the broker retur
 run those functions again: the broker redelivers the unacknowledged requests after the
 restart, and a redelivered request whose reply is stored gets that reply instead.
 
-A stored reply is keyed by the request's topic, packet id and payload digest (the broker
-redelivers a message with the packet id it had).  Rows older than the session expiry can no
-longer match a redelivery and are purged at start.
+A stored reply is keyed by the request's content: topic, payload digest, correlation data and
+response topic, not its packet id (RabbitMQ redelivers with new packet ids; see
+bridge.delivery for the one limit of recognising a request by content).  Rows older than the
+session expiry can no longer match a redelivery and are purged at start.
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ create table if not exists replies (
 
 
 def request_key(msg: Inbound) -> str:
-    digest = hashlib.blake2b(msg.payload, digest_size=16).hexdigest()
-    return f"{msg.mid}:{digest}:{msg.topic}"
+    h = hashlib.blake2b(msg.payload, digest_size=16)
+    h.update(b"\0" + (msg.correlation_data or b"") + b"\0" + (msg.response_topic or "").encode("utf-8", "surrogatepass"))
+    return f"{h.hexdigest()}:{msg.topic}"
 
 
 class ReplyStore:

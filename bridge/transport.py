@@ -2,11 +2,14 @@
 
 paho runs on the loop through its external-loop hooks, so every paho call happens on one
 thread, without locks.  Incoming messages become :class:`~bridge.message.Inbound` here, once.
-:mod:`bridge.link` pairs two connections: one for requests, one for replies.
+:mod:`bridge.link` pairs two connections: one for requests, one for replies.  Opening the
+socket, the protocol version, the backoff and client-id clashes are :mod:`bridge.connecting`;
+the broker's promises (session, granted QoS, Receive Maximum) are :mod:`bridge.promises`.
 
 Session rules (what peers get wrong, see docs/reliability.md): a stable client id, clean start
 off and a session expiry; handlers registered before connecting; subscriptions renewed on
-every connect; manual acknowledgements; TCP_NODELAY (QoS 1 round trips otherwise stall ~40 ms).
+every connect that did not resume them; manual acknowledgements; TCP_NODELAY (QoS 1 round trips
+otherwise stall ~40 ms).
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import socket
 import ssl
 from typing import Any, Callable
@@ -25,13 +27,13 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from .config import MqttConfig
+from .connecting import REFUSED, Backoff, ClashWatch, ProtocolChoice, keep_connected
 from .errors import TransportError
 from .message import Inbound, Outbound, Subscription, pack_publish_properties
+from .promises import SessionSubscriptions
+from .pump import Pump
 
 log = logging.getLogger("bridge.transport")
-
-READ_BURST = 64  # packets read per socket wake-up at most, so writes and timers still run
-
 
 class _PublishProperties(Properties):
     """PUBLISH properties packed directly from an Outbound.
@@ -49,13 +51,41 @@ class _PublishProperties(Properties):
 
 
 class _Client(paho.Client):
-    """paho's client, reporting a PUBREL for a QoS 2 message it already delivered.
+    """paho's client, connected over a socket opened on the loop (:func:`open_socket`), and
+    reporting a PUBREL for a QoS 2 message it already delivered.
 
-    With manual acks paho ignores those; they come after a resumed session when the PUBCOMP
-    was lost with the old connection, and unanswered they would stay in flight forever.
+    With manual acks paho ignores those PUBRELs; they come after a resumed session when the
+    PUBCOMP was lost with the old connection, and unanswered they would stay in flight forever.
     """
 
     on_stale_pubrel: Callable[[int], None] | None = None
+    prepared_socket: socket.socket | None = None
+    version = 5
+
+    def _create_socket(self) -> Any:
+        # paho's own would resolve and connect synchronously, blocking the event loop.
+        sock, self.prepared_socket = self.prepared_socket, None
+        if sock is None:
+            raise OSError("no connected socket to use")
+        return sock
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        return self._ssl_context if self._ssl else None
+
+    def read_packet(self) -> bool:
+        # loop_read() reads one packet when nothing is in flight and does not say whether the
+        # socket is drained; the packet reader does.
+        rc = self._packet_read()
+        if rc == paho.MQTT_ERR_AGAIN:
+            return False
+        if rc != paho.MQTT_ERR_SUCCESS:
+            self._loop_rc_handle(rc)
+            return False
+        return True
+
+    def drop_socket(self) -> None:
+        """Close the socket without a DISCONNECT (no session was established on it)."""
+        self._sock_close()
 
     def _handle_pubrel(self) -> paho.MQTTErrorCode:
         mid = int.from_bytes(self._in_packet["packet"][:2], "big")
@@ -69,7 +99,9 @@ class _Client(paho.Client):
 class Connection:
     """One persistent MQTT session, driven by the running asyncio loop.
 
-    ``on_connect(session_present)`` runs after every accepted CONNACK, before subscribing.
+    ``on_connect(session_present, broker_receive_maximum)`` runs after every accepted CONNACK,
+    before subscribing; ``on_subscribed(subscriptions)`` once every SUBACK of a connection was
+    a success (the broker's session holds them).
     """
 
     def __init__(
@@ -78,53 +110,61 @@ class Connection:
         *,
         client_id: str,
         name: str,
+        protocol: ProtocolChoice,
         subscriptions: list[Subscription] | None = None,
         on_message: Callable[[Inbound], None] | None = None,
         on_published: Callable[[int], None] | None = None,
-        on_connect: Callable[[bool], None] | None = None,
+        on_connect: Callable[[bool, int | None], None] | None = None,
+        on_subscribed: Callable[[list[Subscription]], None] | None = None,
         on_stale_pubrel: Callable[[int], None] | None = None,
         receive_maximum: int | None = None,
+        max_packet_size: int | None = None,
         password: str | None = None,
     ) -> None:
         self.config = config
         self.client_id = client_id
         self.name = name
-        self.subscriptions = subscriptions or []
+        self.protocol = protocol
+        self.subs = SessionSubscriptions(subscriptions or [])
         self._deliver = on_message
         self._published = on_published
         self._connect_cb = on_connect
-        self._v5 = config.protocol == 5
+        self._subscribed_cb = on_subscribed
+        self._stale_pubrel = on_stale_pubrel
         self._receive_maximum = receive_maximum
+        self._max_packet_size = max_packet_size
+        self._password = password
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._want_reading = True
-        self._reader_on = False
-        self._writer_armed = False
-        self._flush_scheduled = False
-        self._misc_timer: asyncio.TimerHandle | None = None
-        self._stopping = False
-        self._down = asyncio.Event()
-        self._down.set()
+        self.stopping = False
+        self.down = asyncio.Event()
+        self.down.set()
+        self._connack: asyncio.Future[bool] | None = None
+        self.refusal = ""  # why the last attempt got no session
+        self.taken_over = False
         self.connected = asyncio.Event()  # set after CONNACK and every SUBACK
-        self._pending_subacks = 0
-        self._unsubscribe: set[str] = set()  # filters dropped by a reload, not yet unsubscribed
         self.connections = 0  # successful connects so far (reconnects count)
         self._up_now = False  # CONNACK accepted, no disconnect since (paho's own flag lags)
-        self._client = self._make_client(password)
-        self._client.on_stale_pubrel = on_stale_pubrel
+        self._clash = ClashWatch(client_id, name)
+        self._client = self._make_client()
+        self._pump = Pump(self._client)
 
     # -- setup --------------------------------------------------------------------------------
-    def _make_client(self, password: str | None) -> _Client:
+    def _make_client(self) -> _Client:
         c = self.config
+        v5 = self.protocol.v5
         client = _Client(
             paho.CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
-            protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
-            clean_session=None if self._v5 else False,
+            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+            clean_session=None if v5 else False,
             manual_ack=True,
+            reconnect_on_failure=False,  # no reconnects of paho's own (its 3.1 downgrade)
         )
         client.suppress_exceptions = True  # a bug in a callback must not kill the network loop
+        client.on_stale_pubrel = self._stale_pubrel
+        client.version = self.protocol.version
         if c.username is not None:
-            client.username_pw_set(c.username, password)
+            client.username_pw_set(c.username, self._password)
         if c.tls is not None:
             try:
                 client.tls_set(
@@ -145,133 +185,139 @@ class Connection:
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_register_write
         client.on_socket_unregister_write = self._on_unregister_write
+        client.connect_async(c.host, c.port, c.keepalive, properties=self._connect_properties(v5),
+                             clean_start=False if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY)
         return client
 
-    def _connect_properties(self) -> Properties | None:
-        if not self._v5:
+    def _connect_properties(self, v5: bool) -> Properties | None:
+        if not v5:
             return None
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.config.session_expiry
         if self._receive_maximum is not None:
             # A compliant broker never sends more unacknowledged QoS >= 1 messages than this.
             props.ReceiveMaximum = min(self._receive_maximum, 65535)
+        if self._max_packet_size is not None:
+            # A compliant broker drops a larger message for this client instead of sending it.
+            props.MaximumPacketSize = self._max_packet_size
         return props
 
-    # -- the connection loop ------------------------------------------------------------------
+    # -- connecting (driven by bridge.connecting.keep_connected) ------------------------------
     async def run(self) -> None:
         """Connect, and reconnect with capped exponential backoff, until :meth:`close`."""
-        self._loop = asyncio.get_running_loop()
+        self._loop = self._pump.loop = asyncio.get_running_loop()
         c = self.config
-        delay = c.reconnect_min_delay
-        while not self._stopping:
-            accepted_before = self.connections
-            try:
-                await self._connect_once()
-            except (OSError, ssl.SSLError, TimeoutError, ValueError) as exc:
-                wait = delay * random.uniform(0.8, 1.2)
-                log.warning("%s connection: cannot connect to %s:%d (%s); retrying in %.1f s",
-                            self.name, c.host, c.port, exc, wait)
-                await asyncio.sleep(wait)
-                delay = min(delay * 2, c.reconnect_max_delay)
-                continue
-            await self._down.wait()
-            if self._stopping:
-                break
-            # Reset the backoff only after a connection the broker accepted.
-            accepted = self.connections > accepted_before
-            delay = c.reconnect_min_delay if accepted else min(delay * 2, c.reconnect_max_delay)
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+        await keep_connected(self, c.host, c.port, self.protocol,
+                             Backoff(c.reconnect_min_delay, c.reconnect_max_delay), self._clash)
 
-    async def _connect_once(self) -> None:
-        c = self.config
-        # A non-blocking probe first: paho's connect would block the loop on an unreachable host.
-        _, writer = await asyncio.wait_for(asyncio.open_connection(c.host, c.port), timeout=10)
-        writer.close()
-        self._down.clear()
-        try:
-            if self.connections == 0:
-                self._client.connect(
-                    c.host, c.port, c.keepalive,
-                    clean_start=False if self._v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
-                    properties=self._connect_properties(),
-                )
-            else:
-                self._client.reconnect()
-        except BaseException:
-            self._down.set()
-            raise
-        self._schedule_misc()
+    def tls_context(self) -> ssl.SSLContext | None:
+        return self._client.tls_context()
 
-    def _schedule_misc(self) -> None:
+    def begin(self, sock: socket.socket) -> asyncio.Future[bool]:
+        """Send CONNECT over ``sock``; the future says whether the broker accepted it."""
         assert self._loop is not None
-        if self._client.socket() is None:
-            return
-        self._client.loop_misc()  # keepalive pings, and a dead connection is noticed
-        self._misc_timer = self._loop.call_later(1.0, self._schedule_misc)
+        if self._client.version != self.protocol.version:
+            self._client = self._pump.client = self._make_client()  # auto changed the version
+        self._client.prepared_socket = sock
+        self._connack = self._loop.create_future()
+        self.refusal, self.taken_over = "", False
+        self.down.clear()
+        try:
+            self._client.reconnect()
+        except (OSError, ValueError) as exc:
+            self.refusal = f"cannot send CONNECT: {exc}"
+            self._connack.set_result(False)
+        self._pump.tick()
+        return self._connack
+
+    def abort(self) -> None:
+        self._client.drop_socket()
+        self.down.set()
 
     # -- paho callbacks (all on the loop thread) ----------------------------------------------
     def _on_connect(self, client: paho.Client, _u: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
-            log.error("%s connection: broker refused the connection: %s", self.name, reason)
+            self.refusal = f"{REFUSED}: {reason}"
+            self._settle_connack(False)
             return
+        self.protocol.accepted()
         self._up_now = True
         self.connections += 1
-        if self._v5 and props is not None and getattr(props, "ReceiveMaximum", None):
+        broker_cap = None
+        if self.protocol.v5 and props is not None and getattr(props, "ReceiveMaximum", None):
+            broker_cap = props.ReceiveMaximum
             # paho keeps its own in-flight limit for our publishes; follow the broker's.
-            client._max_inflight_messages = props.ReceiveMaximum  # noqa: SLF001
+            client._max_inflight_messages = broker_cap  # noqa: SLF001
         log.info("%s connection: connected to %s:%d (session %s)", self.name, self.config.host,
                  self.config.port, "resumed" if flags.session_present else "new")
         if self._connect_cb is not None:
-            self._connect_cb(bool(flags.session_present))
-        self._subscribe_all(client)
-        if self._pending_subacks == 0:
-            self._up()
+            self._connect_cb(bool(flags.session_present), broker_cap)
+        self._subscribe_all(client, bool(flags.session_present))
+        self._pump.connack(True)  # from now on a pause takes effect at once, SUBACKs pending or not
+        self._settle_connack(True)
 
-    def _up(self) -> None:
-        self.connected.set()
-        self._apply_reading()
+    def _settle_connack(self, accepted: bool) -> None:
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_result(accepted)
 
-    def _subscribe_all(self, client: paho.Client) -> None:
-        if self._unsubscribe:
-            client.unsubscribe(sorted(self._unsubscribe))
-            self._unsubscribe.clear()
-        self._pending_subacks = 0
-        for index, sub in enumerate(self.subscriptions, start=1):
-            if self._v5:
+    def _subscribe_all(self, client: paho.Client, session_present: bool) -> None:
+        subs = self.subs
+        if subs.unsubscribe:
+            client.unsubscribe(sorted(subs.unsubscribe))
+            subs.unsubscribe.clear()
+        if subs.connected(session_present):
+            # The resumed session holds them already.  Subscribing again would put SUBACKs
+            # behind the unacknowledged window the broker resends first, and reading must be
+            # free to stop in the middle of that window.
+            self.connected.set()
+            return
+        for index, sub in enumerate(subs.wanted, start=1):
+            if self.protocol.v5:
                 props_sub = Properties(PacketTypes.SUBSCRIBE)
                 # The id comes back on each message: it names the route without matching.
                 props_sub.SubscriptionIdentifier = index
                 # Retained requests are delivered only when the subscription is new.
                 options = SubscribeOptions(qos=sub.qos, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
-                rc, _ = client.subscribe(sub.topic, options=options, properties=props_sub)
+                rc, mid = client.subscribe(sub.topic, options=options, properties=props_sub)
             else:
-                rc, _ = client.subscribe(sub.topic, qos=sub.qos)
-            if rc == paho.MQTT_ERR_SUCCESS:
-                self._pending_subacks += 1
+                rc, mid = client.subscribe(sub.topic, qos=sub.qos)
+            if rc == paho.MQTT_ERR_SUCCESS and mid is not None:
+                subs.sent(mid, sub)
+        if not subs.pending:
+            self.connected.set()
 
     def set_subscriptions(self, subscriptions: list[Subscription]) -> None:
         """Replace the subscriptions (a reload) on the same session: unsubscribe dropped
         filters, subscribe every wanted one again (renewing its options and id)."""
-        wanted = {s.topic for s in subscriptions}
-        self._unsubscribe |= {s.topic for s in self.subscriptions} - wanted
-        self.subscriptions = subscriptions
+        self.subs.replace(subscriptions)
         if self._up_now:
-            self._subscribe_all(self._client)
+            self._subscribe_all(self._client, True)
+
+    @property
+    def subscriptions(self) -> list[Subscription]:
+        return self.subs.wanted
 
     def _on_subscribe(self, _c: paho.Client, _u: Any, mid: int, reasons: Any, _p: Any) -> None:
-        for reason in reasons:
-            if reason.is_failure:
-                log.error("subscription refused by the broker: %s", reason)
-        self._pending_subacks -= 1
-        if self._pending_subacks <= 0:
-            self._up()
+        granted = [None if r.is_failure else int(r.value) for r in reasons]
+        if self.subs.acknowledged(mid, granted):
+            if self.subs.held is not None and self._subscribed_cb is not None:
+                self._subscribed_cb(self.subs.held)
+            self.connected.set()
 
-    def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+    def _on_disconnect(self, _c: paho.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
+        was_up = self._up_now
         self._up_now = False
+        self._pump.connack(False)
         self.connected.clear()
-        if not self._stopping:
+        if self._connack is not None and not self._connack.done():
+            self.refusal = self.refusal or f"connection closed before CONNACK ({reason})"
+            self._settle_connack(False)
+        elif was_up and not self.stopping:
             log.warning("%s connection: disconnected from the broker: %s", self.name, reason)
-        self._down.set()
+            if getattr(flags, "is_disconnect_packet_from_server", False) and getattr(reason, "value", 0) == 0x8E:
+                self.taken_over = True  # "Session taken over": another client with our id
+                self._clash.taken_over()
+        self.down.set()
 
     def _on_message(self, client: paho.Client, _u: Any, m: paho.MQTTMessage) -> None:
         try:
@@ -302,100 +348,37 @@ class Connection:
         if self._published is not None:
             self._published(mid)
 
-    # -- the socket on the event loop ---------------------------------------------------------
+    # -- the socket on the event loop (bridge.pump) -------------------------------------------
     def _on_socket_open(self, _c: paho.Client, _u: Any, sock: Any) -> None:
-        assert self._loop is not None
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._loop.add_reader(sock, self._read)  # always: CONNACK and SUBACKs must be read
-        self._reader_on = True
-
-    def set_reading(self, on: bool) -> None:
-        """Read from the broker, or leave what it sends in TCP and the broker (at once, also
-        mid-burst); while (re)connecting, reading stays on until CONNACK and every SUBACK."""
-        self._want_reading = on
-        if on or self.connected.is_set():
-            self._apply_reading()
-
-    def _apply_reading(self) -> None:
-        on = self._want_reading
-        sock = self._client.socket()
-        if on == self._reader_on or sock is None or self._loop is None:
-            return
-        if on:
-            self._loop.add_reader(sock, self._read)
-            if isinstance(sock, ssl.SSLSocket) and sock.pending():
-                self._loop.call_soon(self._read)  # decrypted bytes the selector cannot see
-        else:
-            self._loop.remove_reader(sock)
-        self._reader_on = on
+        self._pump.opened(sock)
 
     def _on_socket_close(self, _c: paho.Client, _u: Any, sock: Any) -> None:
-        assert self._loop is not None
-        self._loop.remove_reader(sock)
-        self._reader_on = False
-        if self._writer_armed:
-            self._loop.remove_writer(sock)
-            self._writer_armed = False
-        if self._misc_timer is not None:
-            self._misc_timer.cancel()
-
-    def _read(self) -> None:
-        client = self._client
-        # loop_read() reads one packet when nothing is in flight and does not say whether the
-        # socket is drained; the packet reader does.  A burst saves a loop iteration per message.
-        for _ in range(READ_BURST):
-            rc = client._packet_read()  # noqa: SLF001 (paho 2.x, pinned below 3)
-            if rc == paho.MQTT_ERR_AGAIN:
-                break
-            if rc != paho.MQTT_ERR_SUCCESS:
-                client._loop_rc_handle(rc)  # noqa: SLF001
-                return
-            if client.socket() is None or not self._reader_on:
-                return
-        sock = client.socket()
-        # TLS may hold decrypted bytes the selector cannot see.
-        while isinstance(sock, ssl.SSLSocket) and sock.pending() and client.socket() is sock and self._reader_on:
-            client.loop_read()
+        self._pump.closed(sock)
 
     def _on_register_write(self, _c: paho.Client, _u: Any, _sock: Any) -> None:
-        # Coalesce: many publishes in one loop iteration share one write.
-        if not (self._writer_armed or self._flush_scheduled) and self._loop is not None:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+        self._pump.register_write()
 
     def _on_unregister_write(self, _c: paho.Client, _u: Any, sock: Any) -> None:
-        if self._writer_armed and self._loop is not None:
-            self._loop.remove_writer(sock)
-            self._writer_armed = False
+        self._pump.unregister_write(sock)
+
+    def set_reading(self, on: bool) -> None:
+        """Read requests, or leave them in TCP and the broker, at once (bridge.pump)."""
+        self._pump.set_reading(on)
 
     def flush(self) -> None:
-        """Write what is queued now rather than at the next loop iteration (saves latency)."""
-        if self._flush_scheduled:
-            self._flush()
+        self._pump.flush()
 
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        client = self._client
-        sock = client.socket()
-        if sock is None or self._writer_armed or not client.want_write():
-            return
-        self._writer_armed = True  # inside loop_write, register_write must not reschedule
-        client.loop_write()
-        if client.want_write() and client.socket() is sock:
-            assert self._loop is not None
-            self._loop.add_writer(sock, self._flush_writable)  # the socket buffer is full
-        else:
-            self._writer_armed = False
-
-    def _flush_writable(self) -> None:
-        self._client.loop_write()  # unregister_write removes the writer once drained
+    @property
+    def last_read(self) -> float:
+        return self._pump.last_read
 
     # -- what the bridge uses -----------------------------------------------------------------
     def publish(self, out: Outbound) -> int | None:
         """Hand a message to paho; return its mid when the broker's ack is to be awaited."""
         props = None
-        if self._v5 and (out.correlation_data is not None or out.content_type or out.user_properties):
+        if self.protocol.v5 and (out.correlation_data is not None or out.content_type or out.user_properties):
             props = _PublishProperties(out)
         info = self._client.publish(out.topic, out.payload, out.qos, properties=props)
         if out.qos and info.rc in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
@@ -415,14 +398,13 @@ class Connection:
 
     async def close(self, timeout: float = 5.0) -> None:
         """Disconnect cleanly (the broker keeps the session until it expires)."""
-        self._stopping = True
+        self.stopping = True
         if self._client.socket() is not None:
             self._client.disconnect()
             try:
                 async with asyncio.timeout(timeout):
-                    await self._down.wait()
+                    await self.down.wait()
             except TimeoutError:
                 log.warning("%s connection: the broker did not close it in %g s", self.name, timeout)
-        self._down.set()
-        if self._misc_timer is not None:
-            self._misc_timer.cancel()
+        self.down.set()
+        self._pump.stop()

@@ -35,7 +35,7 @@ def test_empty_config_has_defaults_resolved_against_the_base_dir(tmp_path):
     assert config.handlers_dir == tmp_path / "handlers"
     assert config.outbox.path == tmp_path / "state" / "outbox.db"
     assert config.routes == []
-    assert config.mqtt.host == "127.0.0.1" and config.mqtt.port == 1883 and config.mqtt.protocol == 5
+    assert config.mqtt.host == "127.0.0.1" and config.mqtt.port == 1883 and config.mqtt.protocol == "auto"
     assert config.replies.allowed_topics == ["replies/#"]
     assert config.limits.max_payload == 1024 * 1024
     assert config.logging.function_level == "INFO"

@@ -20,6 +20,7 @@ from bridge.daemon import load_routes
 from bridge.dispatch import Dispatcher
 from bridge.routing import matches
 from bridge.message import Subscription
+from bridge.connecting import ProtocolChoice
 from bridge.transport import Connection
 from tests.support.recorder import Recorder
 from tests.conftest import TEST_HANDLERS
@@ -70,7 +71,7 @@ def messages(draw):
 async def _run(batch: list[paho.MQTTMessage]) -> tuple[Recorder, Dispatcher]:
     recorder = Recorder()
     dispatcher = Dispatcher(CONFIG, LOADED, recorder, asyncio.get_running_loop())  # type: ignore[arg-type]
-    requests = Connection(CONFIG.mqtt, client_id="fuzz", name="requests",
+    requests = Connection(CONFIG.mqtt, client_id="fuzz", name="requests", protocol=ProtocolChoice(5),
                           subscriptions=[Subscription(r["topic"], 1) for r in ROUTES], on_message=dispatcher.handle)
     for m in batch:
         requests._on_message(requests._client, None, m)  # the edge conversion, as paho calls it
