@@ -24,32 +24,41 @@ from paho.mqtt.properties import Properties
 
 
 
-def _client(port: int, client_id: str, persistent: bool, session_expiry: int = 600) -> paho.Client:
-    """A v5 client; ``persistent``: clean start off and a session the broker keeps (and
-    persists) while the client is away, so its unacknowledged QoS 1 publishes are retried and
-    messages for it are queued."""
-    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+def _client(port: int, client_id: str, persistent: bool, session_expiry: int = 600, *,
+            version: int = 5, username: str | None = None) -> paho.Client:
+    """A client (MQTT 5 unless ``version`` is 4); ``persistent``: clean start off and a session
+    the broker keeps (and persists) while the client is away, so its unacknowledged QoS 1
+    publishes are retried and messages for it are queued."""
+    v5 = version == 5
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id,
+                    protocol=paho.MQTTv5 if v5 else paho.MQTTv311, clean_session=None if v5 else not persistent)
     c.max_inflight_messages_set(100)
     c.max_queued_messages_set(0)  # unlimited: the publisher keeps everything until acknowledged
     c.reconnect_delay_set(min_delay=0.1, max_delay=1)  # type: ignore[arg-type]
+    if username is not None:
+        c.username_pw_set(username, "pw")
     # Without TCP_NODELAY a QoS 1 round trip stalls ~40 ms on Nagle's algorithm.
     c.on_socket_open = lambda _c, _u, sock: sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = session_expiry if persistent else 0
-    c.connect_async("127.0.0.1", port, keepalive=10, clean_start=not persistent, properties=props)
+    if v5:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = session_expiry if persistent else 0
+        c.connect_async("127.0.0.1", port, keepalive=10, clean_start=not persistent, properties=props)
+    else:
+        c.connect_async("127.0.0.1", port, keepalive=10)
     return c
 
 
 class Collector:
     """Subscribes (QoS 1, persistent session unless told otherwise) and keeps every payload."""
 
-    def __init__(self, port: int, topic: str, client_id: str, *, persistent: bool = True, qos: int = 1) -> None:
+    def __init__(self, port: int, topic: str, client_id: str, *, persistent: bool = True, qos: int = 1,
+                 version: int = 5, username: str | None = None) -> None:
         self.topic, self.qos = topic, qos
         self.payloads: list[bytes] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self.connects = 0
-        self.client = _client(port, client_id, persistent)
+        self.client = _client(port, client_id, persistent, version=version, username=username)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *_a: self._subscribed.set()
         self.client.on_message = self._on_message
@@ -82,9 +91,11 @@ class Publisher:
     """Publishes on its own persistent session: paho resends unacknowledged QoS 1 messages
     after a reconnect and sends those published while disconnected once connected."""
 
-    def __init__(self, port: int, client_id: str, *, persistent: bool = True) -> None:
+    def __init__(self, port: int, client_id: str, *, persistent: bool = True, version: int = 5,
+                 username: str | None = None) -> None:
         self._connected = threading.Event()
-        self.client = _client(port, client_id, persistent)
+        self.version = version
+        self.client = _client(port, client_id, persistent, version=version, username=username)
         self.client.on_connect = lambda *_a: self._connected.set()
         self.client.on_publish = self._on_publish
         self._lock = threading.Lock()
@@ -96,7 +107,7 @@ class Publisher:
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 1, user_properties: list[tuple[str, str]] = ()) -> None:
         props = None
-        if user_properties:
+        if user_properties and self.version == 5:
             props = Properties(PacketTypes.PUBLISH)
             props.UserProperty = list(user_properties)
         # While disconnected paho keeps the message (rc "not connected") and sends it on connect.
