@@ -1,18 +1,28 @@
 # iot-bridge: `make run` and `make test` work from a fresh clone on Debian (as root, or with
-# mosquitto and python3-venv already installed).
+# mosquitto, nodejs, npm and python3-venv already installed).
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# aedes, the Node.js broker the tests also run on: installed outside git, beside the venv.
+NODE_DIR := $(abspath $(VENV))/node
+AEDES_VERSION := 1.2.0
+export IOT_BRIDGE_NODE_DIR := $(NODE_DIR)
 CONFIG ?= config/bridge.toml
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(PATH):/usr/sbin
 
-.PHONY: run test bench check clean deps
+.PHONY: run test compat bench check clean deps
 
 run: $(VENV)/.installed
 	$(PY) -m bridge.devrun $(CONFIG)
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed $(NODE_DIR)/.aedes-$(AEDES_VERSION)
 	$(VENV)/bin/pytest -q
+
+# The broker checks on RabbitMQ (rabbitmq-server with its MQTT plugin, a private node on free
+# ports, stopped after the tests); heavier than the rest, so not part of `make test`.
+compat: $(VENV)/.installed
+	@[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq rabbitmq-server; }
+	$(VENV)/bin/pytest -q -s -m compat tests/test_brokers.py
 
 bench: $(VENV)/.installed
 	@command -v cc >/dev/null && [ -f /usr/include/mosquitto.h ] || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq gcc libmosquitto-dev; }
@@ -27,6 +37,16 @@ deps:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	  $(SUDO) apt-get install -y -qq mosquitto mosquitto-clients python3-venv; \
 	fi
+	@if ! command -v node >/dev/null || ! command -v npm >/dev/null; then \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  $(SUDO) apt-get install -y -qq nodejs npm; \
+	fi
+
+$(NODE_DIR)/.aedes-$(AEDES_VERSION):
+	@$(MAKE) --no-print-directory deps
+	mkdir -p $(NODE_DIR)
+	npm install --no-audit --no-fund --silent --prefix $(NODE_DIR) aedes@$(AEDES_VERSION)
+	touch $@
 
 $(VENV)/.installed: pyproject.toml
 	@$(MAKE) --no-print-directory deps

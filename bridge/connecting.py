@@ -53,6 +53,9 @@ async def open_socket(host: str, port: int, context: ssl.SSLContext | None, *,
                 sock.close()
                 error = exc
                 continue
+            except BaseException:  # cancelled (shutdown) or timed out
+                sock.close()
+                raise
             if context is None:
                 return sock
             return await _handshake(loop, context.wrap_socket(

@@ -184,7 +184,9 @@ class Bridge:
         if runner.done() and runner.exception() is not None:
             raise runner.exception()  # type: ignore[misc]
         ready.cancel()
-        log.info("stopping: finishing %d in-flight request(s)", dispatcher.in_flight)
+        log.info("stopping: finishing %d in-flight request(s); at most %d were in flight at once "
+                 "(limits.max_in_flight = %d)", dispatcher.in_flight, dispatcher.peak_in_flight,
+                 self.config.limits.max_in_flight)
         self.notifier.notify_stopping(f"stopping: finishing {dispatcher.in_flight} in-flight request(s)")
         dispatcher.stop_intake()
         if not await dispatcher.drain(self.config.limits.shutdown_grace):

@@ -73,6 +73,7 @@ class Dispatcher:
     replies: ReplyStore | None = None
     in_flight: int = 0
     in_flight_bytes: int = 0  # payload bytes of the requests in flight
+    peak_in_flight: int = 0  # the most requests ever in flight at once
     _paused: bool = False
     _closing: bool = False  # shutting down: intake stays stopped
     _completed: deque[tuple[Job, Response]] = field(default_factory=deque)  # from worker threads
@@ -163,6 +164,8 @@ class Dispatcher:
     def _take(self, job: Job) -> None:
         self.in_flight += 1
         self.in_flight_bytes += len(job.msg.payload)
+        if self.in_flight > self.peak_in_flight:
+            self.peak_in_flight = self.in_flight
         self._idle.clear()
         if (self.in_flight >= self._max or self.in_flight_bytes >= self._max_bytes) and not self._paused:
             self._paused = True

@@ -1,0 +1,141 @@
+"""The bridge and the broker's promises, with a real mosquitto: a second bridge with the same
+client id, a session the broker forgot, a lower QoS granted, a cap on messages in flight;
+and connecting without probe connections and without blocking the event loop."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from tests.support.broker import free_port
+from tests.support.certs import make_pki
+from tests.support.clients import rr
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def figures(name: str, **values: object) -> None:
+    print(f"\nFIGURES {name}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+
+
+def _route(t: str, **extra: object) -> list[dict[str, object]]:
+    return [{"topic": f"{t}/x", "handler": "inspect_event", **extra}]
+
+
+def test_a_second_bridge_with_the_same_client_id_is_reported_and_backs_off(make_bridge, own_broker, topic_prefix):
+    """Issue 8 row 14: two bridges with one client_id took the session from each other
+    thousands of times, neither saying why.  Now each takeover slows the next reconnect
+    (up to mqtt.reconnect_max_delay) and the clash is an ERROR naming the client id."""
+    shared = "clash-" + topic_prefix[-20:]
+    mqtt = {"client_id": shared, "reconnect_min_delay": 0.1, "reconnect_max_delay": 1.0}
+    first = make_bridge(_route(topic_prefix), on=own_broker, name="first", mqtt=mqtt)
+    second = make_bridge(_route(topic_prefix), on=own_broker, name="second", mqtt=mqtt, start=False)
+    second.start(wait_ready=False)
+    wait_for(lambda: f"client id {shared!r} seems to be in use" in first.log() + second.log(), 15,
+             "the clash reported")
+    window = 8.0  # then count the connects over a fixed span: a rate, not a condition
+    before = first.log().count("connected to") + second.log().count("connected to")
+    time.sleep(window)
+    connects = first.log().count("connected to") + second.log().count("connected to") - before
+    takeovers = own_broker.log_path.read_text().count("already connected, closing old connection")
+    figures("client_id_clash", window_s=window, connects_in_window=connects, broker_takeovers_total=takeovers)
+    # 4 connections (2 bridges x requests/replies), each at most one attempt per ~1 s once backed off.
+    assert connects <= 4 * (window / 0.8 + 1), connects
+    errors = [line for line in (first.log() + second.log()).splitlines() if "ERROR" in line and shared in line]
+    assert errors and "mqtt.client_id" in errors[0], errors
+
+
+def test_a_session_the_broker_forgot_is_reported_at_the_next_start(make_bridge, own_broker, topic_prefix):
+    """The bridge knows from its state directory that it had a session; a broker that comes
+    back without it (here: its persistence file removed) is a WARNING naming the settings."""
+    bridge = make_bridge(_route(topic_prefix), on=own_broker)
+    assert bridge.stop() == 0
+    own_broker.stop()
+    (own_broker.workdir / "mosquitto.db").unlink(missing_ok=True)
+    own_broker.start()
+    bridge.start()
+    log = bridge.log()
+    assert log.count("did not keep the session") == 1, log
+    assert "persistence true" in log
+
+
+def test_a_first_start_and_a_kept_session_say_nothing(make_bridge, own_broker, topic_prefix):
+    bridge = make_bridge(_route(topic_prefix), on=own_broker)
+    bridge.stop()
+    bridge.start()
+    assert "did not keep the session" not in bridge.log()
+    assert bridge.log().count("(session resumed)") >= 1
+
+
+def test_a_lower_qos_granted_than_the_route_asks_is_reported(make_bridge, tmp_path, topic_prefix):
+    from tests.support.broker import Broker
+    with Broker(tmp_path / "capped", extra="max_qos 1\n") as broker:
+        bridge = make_bridge(_route(topic_prefix, qos=2), on=broker)
+        bridge.wait_for_log("granted QoS 1", 5)
+        log = bridge.log()
+    assert "route asks for QoS 2" in log and "max_qos" in log, log
+
+
+def test_a_broker_cap_on_messages_in_flight_below_max_in_flight_is_reported(make_bridge, tmp_path, topic_prefix):
+    from tests.support.broker import Broker
+    with Broker(tmp_path / "capped", extra="max_inflight_messages 10\n") as broker:
+        bridge = make_bridge(_route(topic_prefix), on=broker, limits={"max_in_flight": 50})
+        log = bridge.log()
+    line = next((l for l in log.splitlines() if "Receive Maximum" in l), "")
+    assert "WARNING" in line and "allows 10" in line and "limits.max_in_flight = 50" in line, log
+    assert "max_inflight_messages" in line
+
+
+def test_connecting_makes_no_probe_connection(make_bridge, tmp_path, topic_prefix):
+    """Every connection the broker sees is a real MQTT session (a probe made amqtt log an
+    ERROR and mosquitto a notice per connect)."""
+    from tests.support.broker import Broker
+    logfile = tmp_path / "connections.log"
+    with Broker(tmp_path / "b", extra=f"log_dest file {logfile}\n") as broker:
+        # The test's own readiness check (tests/support/broker.wait_port) is one such probe.
+        wait_for(lambda: "closed its connection" in logfile.read_text(), 5, "the readiness probe logged")
+        offset = len(logfile.read_text())
+        bridge = make_bridge(_route(topic_prefix), on=broker)
+        bridge_id = bridge.config["mqtt"]["client_id"]
+        wait_for(lambda: f"as {bridge_id} " in logfile.read_text(), 5, "the session logged")
+        log = logfile.read_text()[offset:]
+    connections = len(re.findall(r"New connection from 127\.0\.0\.1", log))
+    sessions = log.count(f"as {bridge_id} ") + log.count(f"as {bridge_id}-replies ")
+    figures("connections_per_start", tcp_connections=connections, mqtt_sessions=sessions)
+    assert sessions == 2, log
+    assert connections == 2, log
+    assert "closed its connection" not in log, log
+
+
+def test_a_tls_handshake_that_hangs_does_not_block_the_event_loop(make_bridge, tmp_path, topic_prefix):
+    """A listener that accepts TCP and never answers the TLS handshake: the bridge still
+    handles SIGTERM at once (paho's own connect would block the loop in the handshake)."""
+    pki = make_pki(tmp_path / "pki")
+    silent = socket.create_server(("127.0.0.1", free_port()))
+    port = silent.getsockname()[1]
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: [accepted.append(silent.accept()[0]) for _ in range(50)], daemon=True).start()
+    try:
+        bridge = make_bridge(_route(topic_prefix), start=False,
+                             mqtt={"port": port, "tls": {"ca_file": str(pki.ca)}})
+        bridge.start(wait_ready=False)
+        wait_for(lambda: accepted, 10, "the bridge's connection")
+        accepted[0].settimeout(5)
+        assert accepted[0].recv(1, socket.MSG_PEEK)  # its ClientHello: the handshake has begun
+        started = time.monotonic()
+        bridge.signal(signal.SIGTERM)
+        rc = bridge.wait(10)
+        stop_s = time.monotonic() - started
+    finally:
+        silent.close()
+        for s in accepted:
+            s.close()
+    figures("hanging_tls_handshake", sigterm_to_exit_s=round(stop_s, 2))
+    assert rc == 0
+    assert stop_s < 1.5, stop_s
