@@ -35,6 +35,8 @@ from .pump import Pump
 
 log = logging.getLogger("bridge.transport")
 
+RECV_CHUNK = 256 * 1024  # bytes asked of the socket per read
+
 class _PublishProperties(Properties):
     """PUBLISH properties packed directly from an Outbound.
 
@@ -71,6 +73,11 @@ class _Client(paho.Client):
 
     def tls_context(self) -> ssl.SSLContext | None:
         return self._ssl_context if self._ssl else None
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        # paho asks for the whole rest of a packet at once: a buffer of that size per call, for
+        # a large payload many times over, and the allocator keeps the memory.
+        return super()._sock_recv(min(bufsize, RECV_CHUNK))
 
     def read_packet(self) -> bool:
         # loop_read() reads one packet when nothing is in flight and does not say whether the
