@@ -74,7 +74,7 @@ class Run:
     def _secrets(tmp_path: Path) -> Path:
         d = tmp_path / "secrets"
         d.mkdir(exist_ok=True)
-        (d / "mqtt-password").write_text("bridge-pw")
+        (d / "mqtt-password").write_text("pw")
         (d / "mqtt-password").chmod(0o600)
         return d
 
@@ -230,3 +230,18 @@ def test_a_network_drop_runs_no_request_twice(make_bridge, other_broker, topic_p
     assert len(answered) == count
     assert sum(ran.values()) == len(ran) == count, [k for k, v in ran.items() if v > 1]
     assert "did not keep the session" not in log, log
+
+
+@pytest.mark.compat
+@pytest.mark.parametrize("other_broker", ["rabbitmq"], indirect=True)
+def test_a_qos2_route_granted_qos1_is_reported(make_bridge, other_broker, topic_prefix, tmp_path):
+    """RabbitMQ's MQTT plugin grants QoS 1 for a QoS 2 subscription: the bridge says so."""
+    run = Run(make_bridge, other_broker, tmp_path, topic_prefix)
+    run.bridge.config["routes"][0]["qos"] = 2
+    try:
+        run.bridge.start(timeout=30)
+        run.bridge.wait_for_log("granted QoS 1", 10)
+    finally:
+        run.close()
+    line = next(l for l in run.bridge.log().splitlines() if "granted QoS 1" in l)
+    assert "WARNING" in line and "route asks for QoS 2" in line and "RabbitMQ" in line, line

@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from tests.support.broker import ROOT, free_port, wait_port
 AEDES_VERSION = "1.2.0"
 NODE_DIR = Path(os.environ.get("IOT_BRIDGE_NODE_DIR", ROOT / ".venv" / "node"))
 AEDES_SCRIPT = Path(__file__).with_name("aedes_broker.mjs")
-RABBITMQ_USER, RABBITMQ_PASSWORD = "bridge", "bridge-pw"
+RABBITMQ_USER, RABBITMQ_PASSWORD = "bridge", "pw"  # the password the test clients give
 
 
 def aedes_dir() -> Path:
@@ -163,7 +162,6 @@ class RabbitMq(ProcessBroker):
         except TimeoutError:
             self.stop()
             raise RuntimeError(f"rabbitmq did not start:\n{self.log()}") from None
-        time.sleep(0)  # the MQTT listener is up once the port accepts
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
@@ -178,3 +176,8 @@ class RabbitMq(ProcessBroker):
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self.proc = None
+        # The Erlang VM started the port mapper daemon (epmd) if none ran: stop it when no
+        # other node uses it.
+        names = subprocess.run(["epmd", "-names"], capture_output=True, text=True, timeout=10)
+        if names.returncode == 0 and "name " not in names.stdout:
+            subprocess.run(["epmd", "-kill"], capture_output=True, timeout=10)
