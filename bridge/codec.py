@@ -30,6 +30,7 @@ def _user_property(msg: Inbound, name: str) -> str | None:
     return None
 
 
+_OWN_HEADERS = frozenset({"x-topic", "content-length"})
 MAX_USER_PROPERTIES = 256
 MAX_USER_PROPERTY_BYTES = 64 * 1024
 
@@ -53,8 +54,11 @@ def event_from_message(msg: Inbound) -> Event:
     """The Event a function receives for ``msg`` (call :func:`check_request` first)."""
     method = "POST"
     query = ""
-    headers: list[tuple[str, str]] = list(msg.user_properties)
-    if headers:
+    headers: list[tuple[str, str]] = []
+    if msg.user_properties:
+        # The bridge's own headers win: a requester cannot spoof the topic or the length.
+        own = _OWN_HEADERS if msg.content_type is None else _OWN_HEADERS | {"content-type"}
+        headers = [(k, v) for k, v in msg.user_properties if k.lower() not in own]
         method = (_user_property(msg, "method") or "POST").upper()
         query = _user_property(msg, "query") or ""
     if msg.content_type is not None:

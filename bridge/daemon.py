@@ -156,7 +156,7 @@ class Bridge:
         executor = make_executor(self.config, loop, env.hostname,
                                  on_start=lambda job: dispatcher_ref[0].started(job),
                                  on_result=lambda job, response: dispatcher_ref[0].completed(job, response),
-                                 flush=lambda: dispatcher_ref[0].publisher.flush())
+                                 flush=lambda: dispatcher_ref and dispatcher_ref[0].publisher.flush())
         self.executor = executor
         log.info("loading %d function(s) in %s mode", len({r.handler for r in self.config.routes if r.handler}),
                  self.config.workers.mode)

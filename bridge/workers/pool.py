@@ -210,7 +210,7 @@ class ProcessExecutor:
         if worker.loading is not None:
             # Its import killed it: blame the module, and load the others without it.
             spec = worker.loading
-            gen.excluded[spec] = f"importing {spec} killed the worker process: it {how}"
+            gen.excluded[spec] = f"importing {spec} killed the process: it {how}"
             log.error("routes with handler %s answer 503: %s", spec, gen.excluded[spec])
         elif was == "starting":
             gen.failures += 1

@@ -153,9 +153,11 @@ class WorkerProcess:
         self._close_fds()
         assert self.proc is not None
         returncode = self.proc.wait()
-        self.state = "gone"
         self.exit_reason = describe_exit(returncode)
-        self._on_exit(self, self.exit_reason)
+        try:
+            self._on_exit(self, self.exit_reason)  # it still sees the state the worker was in
+        finally:
+            self.state = "gone"
 
     def _close_fds(self) -> None:
         if self._pidfd >= 0:
