@@ -17,7 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
-from .contract import Context, Event, Response, error_body, error_response, normalise
+from .contract import Context, Event, Response, error_body, rules_for
 from .errors import HandlerLoadError, ResultError
 
 ENTRY_POINTS = ("handle", "handle_async")
@@ -36,7 +36,7 @@ class Function:
     def call(self, event: Event, context: Context) -> Any:
         """Call the function; for async functions this returns the coroutine."""
         if self.wants_context:
-            return self.func(event, context)
+            return self.func(event, context.for_call())
         return self.func(event)
 
 
@@ -132,17 +132,20 @@ def load_function(handlers_dir: Path, spec: str, *, reload: bool = False) -> Fun
 
 
 def respond(function: Function, produce: Callable[[], Any]) -> Response:
-    """Run ``produce`` (which calls ``function``) and apply the result rules to its outcome.
+    """Run ``produce`` (which calls ``function``) and apply the result rules of the
+    function's style (bridge.contract.rules_for) to its outcome.
 
-    An exception becomes IoT Studio's 500 error object; a result that breaks the rules a 500
-    naming the bad value.
+    A result that breaks the rules is a 500 naming the bad value; an exception is what the
+    style makes of it (IoT Studio's 500 error object; werkzeug HTTP errors keep their status
+    for OpenFaaS functions).
     """
+    rules = rules_for(function.wants_context)
     try:
-        return normalise(produce())
+        return rules.response(produce())
     except ResultError as exc:
         return error_body(500, f"function {function.name} returned an invalid result: {exc}")
     except (Exception, SystemExit) as exc:  # sys.exit() in a function must not end the bridge
-        return error_response(exc, function.source_file)
+        return rules.error(exc, function.source_file)
 
 
 async def respond_async(function: Function, event: Event, context: Context) -> Response:
@@ -150,5 +153,5 @@ async def respond_async(function: Function, event: Event, context: Context) -> R
     try:
         result = await function.call(event, context)
     except (Exception, SystemExit) as exc:
-        return error_response(exc, function.source_file)
+        return rules_for(function.wants_context).error(exc, function.source_file)
     return respond(function, lambda: result)
