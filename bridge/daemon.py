@@ -1,7 +1,8 @@
 """The daemon: load functions, connect, serve until SIGTERM/SIGINT, shut down cleanly.
 
-Shutdown: stop reading new messages (the subscriptions stay: the broker keeps queueing for
-the persistent session), let in-flight requests finish and be acknowledged within
+Shutdown: leave any share group (bridge.link: the other members take the group's requests
+from then on), stop reading new messages (other subscriptions stay: the broker keeps queueing
+for the persistent session), let in-flight requests finish and be acknowledged within
 ``limits.shutdown_grace`` seconds, then disconnect.  Requests still unfinished then are not
 acknowledged, so the broker redelivers them on the next start.
 """
@@ -21,10 +22,12 @@ from .config import BridgeConfig, environment, load_config
 from .contract import Context
 from .dispatch import Dispatcher, Route
 from .errors import BridgeError, ConfigError, HandlerLoadError
+from .filelock import FileLock
 from .replystore import ReplyStore
 from .functions import Function, Unavailable, load_function, module_path, split_spec
 from .link import BrokerLink
 from .message import Subscription
+from .routing import is_shared, subscription_topic
 from .workers import WorkerPool
 
 log = logging.getLogger("bridge.daemon")
@@ -62,6 +65,12 @@ def load_routes(config: BridgeConfig, *, reload: bool = False) -> list[Route]:
     return routes
 
 
+def subscriptions(config: BridgeConfig) -> list[Subscription]:
+    """One subscription per route, in route order (v5 subscription id = index + 1), each in
+    the share group ``[mqtt] share_group`` when one is set."""
+    return [Subscription(subscription_topic(r.topic, config.mqtt.share_group), r.qos) for r in config.routes]
+
+
 def _configure_packages(config: BridgeConfig) -> None:
     """Point what functions import (bridge.runtime, function.secrets, swx) at ``config``."""
     runtime.configure(config)
@@ -72,9 +81,15 @@ def _configure_packages(config: BridgeConfig) -> None:
 class Bridge:
     """The running daemon: the broker link, one dispatcher, the loaded routes."""
 
-    def __init__(self, config: BridgeConfig, config_path: str | None = None) -> None:
+    def __init__(self, config: BridgeConfig, config_path: str | None = None, *,
+                 instance: str | None = None, state_dir: str | None = None) -> None:
         self.config = config
         self.config_path = config_path
+        self._load_options = {"instance": instance, "state_dir": state_dir}  # re-applied on reload
+        # First of all: a second bridge on the same state files must not touch them.
+        self._locks = [FileLock(config.replies.store, "replies.store")]
+        if any(r.thing is not None for r in config.routes):
+            self._locks.append(FileLock(config.outbox.path, "outbox.path"))
         _configure_packages(config)  # before functions import: they may read it
         self.password = self._broker_password()
         self.routes = load_routes(config)
@@ -114,7 +129,7 @@ class Bridge:
             return
         with self.notifier.reloading("reloading configuration", "serving"):
             try:
-                config = load_config(self.config_path)
+                config = load_config(self.config_path, **self._load_options)
                 if config.mqtt != self.config.mqtt:
                     log.warning("[mqtt] changes take effect after a restart; the connection is kept as it is")
                     config = config.model_copy(update={"mqtt": self.config.mqtt})
@@ -129,7 +144,7 @@ class Bridge:
             old = self.routes
             self.config, self.routes = config, routes
             self.dispatcher.set_routes(config, routes)
-            self.link.set_subscriptions([Subscription(r.config.topic, r.config.qos) for r in routes])
+            self.link.set_subscriptions(subscriptions(config))
             for route in old:
                 if route.pool is not None:
                     route.pool.shutdown()  # its queued calls still run first
@@ -150,7 +165,7 @@ class Bridge:
         dispatcher_ref: list[Dispatcher] = []
         link = BrokerLink(
             self.config.mqtt,
-            [Subscription(r.config.topic, r.config.qos) for r in self.routes],
+            subscriptions(self.config),
             on_message=lambda m: dispatcher_ref[0].handle(m),
             on_published=lambda mid: dispatcher_ref[0].ledger.published(mid),
             receive_maximum=self.config.limits.max_in_flight,
@@ -182,6 +197,11 @@ class Bridge:
         if runner.done() and runner.exception() is not None:
             raise runner.exception()  # type: ignore[misc]
         ready.cancel()
+        if any(is_shared(s.topic) for s in link.requests.subscriptions):
+            # Leave the share group(s) first, serving meanwhile: what the broker already gave
+            # this bridge is answered here, new requests go to the other members.
+            self.notifier.notify_stopping("stopping: leaving the share group(s)")
+            await link.leave(self.config.limits.shutdown_grace)
         log.info("stopping: finishing %d in-flight request(s)", dispatcher.in_flight)
         self.notifier.notify_stopping(f"stopping: finishing {dispatcher.in_flight} in-flight request(s)")
         dispatcher.stop_intake()
@@ -198,5 +218,7 @@ class Bridge:
             self.things.close()  # undelivered updates stay in the outbox for the next start
         api_client.shutdown()  # revokes cached tokens
         replies.close()
+        for lock in self._locks:
+            lock.release()
         log.info("stopped")
         return 0
