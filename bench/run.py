@@ -8,7 +8,10 @@ mosquitto.conf, a free loopback port), then both echo servers:
 
 * ``raw``: bench/raw_echo.py, paho-mqtt echoing to the MQTT v5 Response Topic;
 * ``bridge``: ``iot-bridge run`` with the repository's handlers/ (function ``echo``) on the
-  route ``bench/echo`` at that QoS.
+  route ``bench/echo`` at that QoS;
+* ``shared``: two such bridges in one share group (``[mqtt] share_group``, started as
+  ``iot-bridge run --instance N``, as config/iot-bridge@.service does) on ``bench/shared/echo``:
+  each request goes to one of them.  Its CPU figures are the sum over both processes.
 
 Each cell (in-flight count x payload size) is measured with bench/loadgen (C, libmosquitto),
 alternating the two servers, ``--repeat`` times; the median of each figure is reported.
@@ -43,7 +46,8 @@ HOST = "127.0.0.1"
 LOADGEN_SRC = BENCH / "loadgen.c"
 LOADGEN = BENCH / "loadgen"
 RESULTS = BENCH / "results" / "latest.json"
-TOPICS = {"raw": "bench/raw/echo", "bridge": "bench/echo", "c": "bench/c/echo"}
+TOPICS = {"raw": "bench/raw/echo", "bridge": "bench/echo", "shared": "bench/shared/echo", "c": "bench/c/echo"}
+SHARED_MEMBERS = 2
 QOS_LEVELS = (0, 1)
 INFLIGHTS = (1, 64)
 PAYLOADS = (16, 4096)
@@ -160,14 +164,16 @@ def cpu_ticks(pids: list[int]) -> int:
 
 
 def loadgen(port: int, topic: str, qos: int, inflight: int, size: int, warmup: float,
-            duration: float, watch: dict[str, int] | None = None) -> dict:
-    """Run the load generator once; poll CPU (and RSS) of the ``watch`` processes meanwhile."""
+            duration: float, watch: dict[str, int | list[int]] | None = None) -> dict:
+    """Run the load generator once; poll CPU (and RSS) of the ``watch`` processes (and their
+    children; a list of pids is summed) meanwhile."""
     cmd = [str(LOADGEN), HOST, str(port), topic, str(qos), str(inflight), str(size),
            f"{warmup:g}", f"{duration:g}"]
     watch = watch or {}
     samples: list[tuple[float, dict[str, int]]] = []
     peak_rss: dict[str, int] = {}
-    trees = {name: proc_tree(pid) for name, pid in watch.items()}
+    trees = {name: [p for pid in (pids if isinstance(pids, list) else [pids]) for p in proc_tree(pid)]
+             for name, pids in watch.items()}
     t_start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=_pdeathsig)
@@ -249,6 +255,11 @@ class Server:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def pids(self) -> int | list[int]:
+        assert self.proc is not None
+        return self.proc.pid
+
     def stop(self) -> None:
         if self.alive():
             self.hwm_kib = max(self.hwm_kib, status_kib(self.proc.pid, "VmHWM"))
@@ -256,16 +267,54 @@ class Server:
         self.proc = None
 
 
-def bridge_config(workdir: Path, port: int, qos: int) -> Path:
-    path = workdir / f"bridge-qos{qos}.toml"
+class Group(Server):
+    """Several bridge processes in one share group, measured as one server."""
+
+    def __init__(self, name: str, cmds: list[list[str]], logfiles: list[Path], ready_timeout: float) -> None:
+        super().__init__(name, cmds[0], logfiles[0], ready_timeout)
+        self.members = [Server(f"{name}-{i + 1}", cmd, log, ready_timeout)
+                        for i, (cmd, log) in enumerate(zip(cmds, logfiles))]
+
+    def start(self, port: int, qos: int) -> None:
+        for member in self.members:
+            with open(member.logfile, "ab") as logf:
+                member.proc = subprocess.Popen(member.cmd, stdout=logf, stderr=subprocess.STDOUT,
+                                               stdin=subprocess.DEVNULL, cwd=ROOT, preexec_fn=_pdeathsig)
+        deadline = time.monotonic() + self.ready_timeout
+        for member in self.members:  # every member subscribed, not just the first to answer
+            while "ready: subscribed" not in member.logfile.read_text(errors="replace"):
+                if not member.alive() or time.monotonic() > deadline:
+                    raise ServerError(f"{member.name} not ready:\n" + tail(member.logfile))
+                time.sleep(0.1)
+        self.proc = self.members[0].proc
+        wait_ready(port, self.topic, qos, self.proc, self.name, self.logfile, self.ready_timeout)
+
+    def alive(self) -> bool:
+        return all(m.alive() for m in self.members)
+
+    @property
+    def pids(self) -> list[int]:
+        return [m.proc.pid for m in self.members if m.proc is not None]
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.stop()
+        self.hwm_kib = max([self.hwm_kib] + [m.hwm_kib for m in self.members])
+        self.proc = None
+
+
+def bridge_config(workdir: Path, port: int, qos: int, name: str = "bridge") -> Path:
+    path = workdir / f"{name}-qos{qos}.toml"
+    group = f'share_group = "bench-{os.getpid()}"\n' if name == "shared" else ""
     path.write_text(
         f'handlers_dir = "{ROOT / "handlers"}"\n\n'
         "[mqtt]\n"
         f'host = "{HOST}"\n'
         f"port = {port}\n"
-        f'client_id = "bench-bridge-{os.getpid()}-qos{qos}"\n\n'
+        f'client_id = "bench-{name}-{os.getpid()}-qos{qos}"\n'
+        f"{group}\n"
         "[[routes]]\n"
-        f'topic = "{TOPICS["bridge"]}"\n'
+        f'topic = "{TOPICS[name]}"\n'
         'handler = "echo"\n'
         f"qos = {qos}\n\n"
         "[replies]\n"
@@ -293,6 +342,10 @@ def summarise(runs: list[dict]) -> dict | None:
         vals = [r.get(f"server_{k}") for r in ok if r.get(f"server_{k}")]
         if vals:
             out[k] = max(vals)
+    # CPU time per reply, in microseconds, of the server's processes (all of them for a group).
+    cpu = [r["server_cpu_frac"] / r["msgs_per_s"] * 1e6 for r in ok if r.get("server_cpu_frac") and r.get("msgs_per_s")]
+    out["cpu_us_per_msg"] = median(cpu)
+    out["broker_cpu_frac"] = median([r.get("broker_cpu_frac") for r in ok])
     return out
 
 
@@ -310,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="runs per cell and server (median)")
     ap.add_argument("--warmup", type=float, help="seconds (default 1, --quick 0.3)")
     ap.add_argument("--duration", type=float, help="seconds measured (default 4, --quick 1)")
-    ap.add_argument("--servers", default="raw,bridge", help="comma list of raw, bridge")
+    ap.add_argument("--servers", default="raw,bridge,shared",
+                    help=f"comma list of raw, bridge, shared ({SHARED_MEMBERS} bridges in one share group)")
     ap.add_argument("--check-loadgen", action="store_true",
                     help="also measure the load generator against its C echo (64 in flight)")
     ap.add_argument("--bridge-exe", help="the iot-bridge executable (default: the venv's)")
@@ -319,8 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     warmup = args.warmup if args.warmup is not None else (0.3 if args.quick else 1.0)
     duration = args.duration if args.duration is not None else (1.0 if args.quick else 4.0)
     names = [s.strip() for s in args.servers.split(",") if s.strip()]
-    if not set(names) <= {"raw", "bridge"} or not names:
-        ap.error("--servers takes raw and/or bridge")
+    if not set(names) <= {"raw", "bridge", "shared"} or not names:
+        ap.error("--servers takes raw, bridge and/or shared")
     if args.repeat < 1:
         ap.error("--repeat must be >= 1")
 
@@ -339,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     bridge_error: str | None = None
     bridge_exe = args.bridge_exe or venv_bin("iot-bridge")
-    if "bridge" in names and not bridge_exe:
+    if {"bridge", "shared"} & set(names) and not bridge_exe:
         bridge_error = "no iot-bridge executable (pip install -e . ?)"
     t_begin = time.monotonic()
     broker = None
@@ -359,6 +413,13 @@ def main(argv: list[str] | None = None) -> int:
                 servers["bridge"] = Server("bridge", [bridge_exe, "run", "--config",
                                                       str(cfg)],
                                             workdir / f"bridge-qos{qos}.log", 30)
+            if "shared" in names and bridge_error is None:
+                cfg = bridge_config(workdir, port, qos, "shared")
+                members = range(1, SHARED_MEMBERS + 1)
+                servers["shared"] = Group("shared", [
+                    [bridge_exe, "run", "--config", str(cfg), "--instance", str(n),
+                     "--state-dir", str(workdir / f"shared-qos{qos}-{n}")] for n in members],
+                    [workdir / f"shared-qos{qos}-{n}.log" for n in members], 30)
             for name, srv in list(servers.items()):
                 log(f"[qos {qos}] starting {name} ...")
                 try:
@@ -369,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
                     if name == "raw":
                         raise BenchError(str(exc)) from exc
                     bridge_error = str(exc)
-            if bridge_error and "bridge" in names:
+            if bridge_error and {"bridge", "shared"} & set(names):
                 log(f"BRIDGE NOT MEASURED: {bridge_error.splitlines()[0]}")
 
             for inflight in INFLIGHTS:
@@ -396,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
                                 log(f"BRIDGE STOPPED: {msg.splitlines()[0]}")
                                 continue
                             res = loadgen(port, srv.topic, qos, inflight, size, warmup, duration,
-                                          {**watch_base, "server": srv.proc.pid})
+                                          {**watch_base, "server": srv.pids})
                             cell[name]["runs"].append(res)
                             log(f"  {key:<24} {name:<6} {res.get('msgs_per_s', 0):>9.0f} msg/s"
                                 f"  p50 {res.get('p50_ms', 0):7.3f} ms  p99 {res.get('p99_ms', 0):7.3f} ms"
@@ -439,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
     _report(results, names, checks, bridge_error)
     print(f"\nper-run results: {RESULTS.relative_to(ROOT)}  (wall {results['meta']['wall_s']} s)")
-    if "bridge" in names and bridge_error:
+    if {"bridge", "shared"} & set(names) and bridge_error:
         return 2
     return 1 if any(not c["pass"] for c in checks) else 0
 
@@ -530,6 +591,8 @@ def _report(results: dict, names: list[str], checks: list[dict], bridge_error: s
                              f"{median([r.get('server_cpu_frac', 0) for r in runs]):.2f}/"
                              f"{median([r.get('loadgen_cpu_frac', 0) for r in runs]):.2f}")
         print(f"  {key:<24} " + "   ".join(parts))
+    if "shared" in names and "bridge" in names:
+        _report_shared(results)
     lc = results.get("loadgen_check") or {}
     if lc:
         print("\nload generator ceiling (C echo, 64 in flight):")
@@ -548,6 +611,29 @@ def _report(results: dict, names: list[str], checks: list[dict], bridge_error: s
     for c in checks:
         verdict = "PASS" if c["pass"] else ("FAIL" if c["value"] is not None else "N/A ")
         print(f"{verdict}  {c['cell']:<24} {c['target']:<28} ({fmt(c['value'], '.2f')}x)")
+
+
+def _report_shared(results: dict) -> None:
+    """1 bridge beside SHARED_MEMBERS bridges in one share group, CPU over all their processes."""
+    n = SHARED_MEMBERS
+    cols = ["cell", "1 bridge msg/s", f"{n} bridges msg/s", "ratio", "1 bridge p50", f"{n} bridges p50",
+            "1 bridge CPU us/msg", f"{n} bridges CPU us/msg", "broker cores 1 / {n}".format(n=n)]
+    rows = []
+    for key, cell in results["cells"].items():
+        one = (cell.get("bridge") or {}).get("median") or {}
+        grp = (cell.get("shared") or {}).get("median") or {}
+        rows.append([key, fmt(one.get("msgs_per_s"), ".0f"), fmt(grp.get("msgs_per_s"), ".0f"),
+                     fmt(ratio(grp.get("msgs_per_s"), one.get("msgs_per_s")), ".2f"),
+                     fmt(one.get("p50_ms"), ".3f"), fmt(grp.get("p50_ms"), ".3f"),
+                     fmt(one.get("cpu_us_per_msg"), ".0f"), fmt(grp.get("cpu_us_per_msg"), ".0f"),
+                     f"{fmt(one.get('broker_cpu_frac'), '.2f')} / {fmt(grp.get('broker_cpu_frac'), '.2f')}"])
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+    print(f"\nshare group: 1 bridge beside {n} bridges in one group (CPU per reply summed over the "
+          f"bridges' processes; {os.cpu_count()} CPUs here)")
+    print(" | ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    print("-+-".join("-" * w for w in widths))
+    for r in rows:
+        print(" | ".join([r[0].ljust(widths[0])] + [v.rjust(w) for v, w in zip(r[1:], widths[1:])]))
 
 
 def _interrupt(signum: int, frame: object) -> None:
