@@ -5,8 +5,9 @@ single connection the PUBACKs of the bridge's own replies (which finish the requ
 flight) arrive between new requests, so reading could never stop; with a broker that ignores
 the Receive Maximum the bridge announces (mosquitto before 2.0.13 does once acknowledgements
 flow), a QoS 1 flood then piled up in the bridge's memory instead of waiting in the broker.
-Here the request connection only ever writes PUBACKs and SUBSCRIBEs, so at
-``limits.max_in_flight`` it stops reading and the rest of a flood stays with the broker.
+Here the request connection only ever writes PUBACKs and SUBSCRIBEs (and one marker when it
+leaves a share group, below), so at ``limits.max_in_flight`` it stops reading and the rest of
+a flood stays with the broker.
 
 * requests: client id ``mqtt.client_id``, the persistent session holding the subscriptions
   and every queued request; it announces ``limits.max_in_flight`` as Receive Maximum.
@@ -91,13 +92,14 @@ class BrokerLink:
             self._session_resumed()
 
     def _on_request(self, msg: Inbound) -> None:
-        if msg.topic != self.leave_topic:
+        if not msg.topic.startswith(LEAVE_PREFIX):
             self._deliver(msg)
             return
-        # The leave marker (or a stale one from an earlier stop): never a request.
+        # A leave marker is never a request: this bridge's own, a stale one from an earlier
+        # stop, or another member's that a wide filter (such as "#") matched.
         if msg.qos:
             self.requests.ack(msg.mid, msg.qos)
-        if self._marker is not None and msg.payload == self._marker:
+        if msg.topic == self.leave_topic and self._marker is not None and msg.payload == self._marker:
             self._left.set()
 
     def _replies_connected(self, _session_present: bool) -> None:
