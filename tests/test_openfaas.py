@@ -18,7 +18,17 @@ from pathlib import Path
 import pytest
 from werkzeug.datastructures import Headers
 
-from bridge.contract import HTML_TYPE, IOT_STUDIO, JSON_TYPE, OPENFAAS, Context, Event, Response, openfaas_response, rules_for
+from bridge.contract import (
+    HTML_TYPE,
+    IOT_STUDIO,
+    JSON_TYPE,
+    OPENFAAS,
+    Context,
+    Event,
+    Response,
+    openfaas_response,
+    rules_for,
+)
 from bridge.errors import ResultError
 from bridge.functions import load_function, respond, respond_async
 
