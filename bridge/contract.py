@@ -19,7 +19,7 @@ import traceback
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 from urllib.parse import parse_qsl
 
 from werkzeug.datastructures import Headers, ImmutableMultiDict
@@ -35,12 +35,8 @@ HTML_TYPE = "text/html; charset=utf-8"  # Flask's default for a text or bytes bo
 
 
 class RequestHeaders(Headers):
-    """werkzeug ``Headers`` built on first use: most functions never read them.
-
-    Every ``Headers`` method works on ``_list``; it is made from the message's header items the
-    first time one is called (a value werkzeug refuses, such as one with a newline, then
-    raises inside the function, where its error reply names it).
-    """
+    """werkzeug ``Headers`` built on first use (``_list``, which every method works on): most
+    functions never read them, and a value werkzeug refuses (a newline) raises in the function."""
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._items = items
@@ -98,18 +94,34 @@ class Context:
         return Context(self.hostname)
 
 
+class Failure(NamedTuple):
+    """Why a request ended in an error, for the bridge's log: never the payload."""
+
+    kind: str  # the exception's type, or what went wrong ("Timeout", "PayloadTooLarge", ...)
+    message: str
+    where: str = ""  # the function's file:line, when known
+
+
 @dataclass(slots=True)
 class Response:
     """A normalised result: status, headers, body bytes and content type.
 
-    ``data`` keeps a dict body as an object so a JSON reply can embed it unchanged.
+    ``json`` says the body is JSON made from an object (a dict body, the error object), so a
+    JSON reply embeds it as an object.  ``failure`` is set when the request ended in an error
+    (an exception, an invalid result, a timeout, a refusal), not when a function chose its status.
     """
 
     status: int = 200
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
     content_type: str = TEXT_TYPE
-    data: Any = None
+    json: bool = False
+    failure: Failure | None = None
+
+    @property
+    def data(self) -> Any:
+        """The object a JSON body was made from (None for other bodies)."""
+        return json.loads(self.body) if self.json else None
 
 
 # -- IoT Studio's result rules ----------------------------------------------------------------
@@ -159,7 +171,7 @@ def normalise(result: Any) -> Response:
     explicit_type = next((v for k, v in headers if k.lower() == "content-type"), None)
     if explicit_type is not None:
         headers = [(k, v) for k, v in headers if k.lower() != "content-type"]
-    data = None
+    is_json = False
     if body is None:
         raw, content_type = b"", TEXT_TYPE
     elif isinstance(body, dict):
@@ -167,7 +179,7 @@ def normalise(result: Any) -> Response:
             raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
         except (TypeError, ValueError) as exc:
             raise ResultError(f"body is not JSON-serialisable: {exc}") from exc
-        data, content_type = body, JSON_TYPE
+        is_json, content_type = True, JSON_TYPE
     elif isinstance(body, (bytes, bytearray, memoryview)):
         raw, content_type = bytes(body), "application/octet-stream"
     else:
@@ -175,16 +187,32 @@ def normalise(result: Any) -> Response:
             raw, content_type = str(body).encode("utf-8", "surrogateescape"), TEXT_TYPE
         except UnicodeEncodeError as exc:
             raise ResultError(f"body cannot be encoded as UTF-8: {exc}") from exc
-    return Response(status, headers, raw, explicit_type or content_type, data)
+    return Response(status, headers, raw, explicit_type or content_type, is_json)
 
 
-def error_body(status: int, message: str, details: dict[str, Any] | None = None) -> Response:
-    """A response carrying IoT Studio's error object ``{"error": {status, message, details}}``."""
+def error_body(status: int, message: str, details: dict[str, Any] | None = None, *,
+               kind: str = "", where: str = "") -> Response:
+    """A response carrying IoT Studio's error object ``{"error": {status, message, details}}``.
+
+    ``kind`` and ``where`` (file:line) describe the failure for the bridge's log.
+    """
     error: dict[str, Any] = {"status": status, "message": message}
     if details:
         error["details"] = details
-    data = {"error": error}
-    return Response(status, [], json.dumps(data, ensure_ascii=False).encode(), JSON_TYPE, data)
+    # backslashreplace: a lone surrogate in a message stays a valid JSON escape.
+    body = json.dumps({"error": error}, ensure_ascii=False).encode("utf-8", "backslashreplace")
+    return Response(status, [], body, JSON_TYPE, True, Failure(kind or ERROR_KINDS.get(status, "Error"), message, where))
+
+
+ERROR_KINDS = {400: "BadRequest", 405: "MethodNotAllowed", 413: "PayloadTooLarge", 431: "HeadersTooLarge",
+               500: "Error", 503: "Unavailable", 504: "Timeout"}
+
+
+def _frame_of(exc: BaseException, source_file: str | None) -> Any:
+    """The last traceback frame in the function's own file, else the last of all (or None)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    frame = next((f for f in reversed(frames) if f.filename == source_file), None)
+    return frame if frame is not None or not frames else frames[-1]
 
 
 def error_response(exc: BaseException, source_file: str | None = None) -> Response:
@@ -193,10 +221,7 @@ def error_response(exc: BaseException, source_file: str | None = None) -> Respon
     The line reported is the last traceback frame in the function's own file
     (``source_file``), else the last frame of all.
     """
-    frames = traceback.extract_tb(exc.__traceback__)
-    frame = next((f for f in reversed(frames) if f.filename == source_file), None)
-    if frame is None and frames:
-        frame = frames[-1]
+    frame = _frame_of(exc, source_file)
     line = frame.lineno if frame else 0
     code = (frame.line or linecache.getline(frame.filename, line).strip()) if frame else ""
     kind = type(exc).__name__
@@ -207,7 +232,8 @@ def error_response(exc: BaseException, source_file: str | None = None) -> Respon
         "exception_line_number": line,
         "exception_line_code": code,
     }
-    return error_body(500, f"{kind} at line {line}: {info}", details)
+    where = f"{frame.filename}:{line}" if frame else ""
+    return error_body(500, f"{kind} at line {line}: {info}", details, kind=kind, where=where)
 
 
 # -- OpenFaaS python3-http's result rules ------------------------------------------------------
@@ -219,13 +245,9 @@ _HEADER_TYPES = (Headers, dict, tuple, list)  # a 2-tuple's second item that mea
 _SKIPPED = frozenset({"content-type", "content-length"})  # carried apart, or by MQTT itself
 
 
+@dataclass(frozen=True, slots=True)
 class _Json:
-    """A dict body the template passes through ``jsonify`` before Flask sees it."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
+    value: Any  # a dict body the template passes through jsonify before Flask sees it
 
 
 def _json_default(value: Any) -> Any:
@@ -273,15 +295,14 @@ def _status(value: Any) -> int:
     return code
 
 
-def _json_response(value: Any) -> tuple[bytes, Any]:
-    """Flask's JSON response body (sorted keys, ASCII, compact, a final newline) and the value
-    as JSON sees it, for a JSON reply to embed."""
+def _json_response(value: Any) -> bytes:
+    """Flask's JSON response body: sorted keys, ASCII, compact, a final newline."""
     try:
         text = json.dumps(value, default=_json_default, ensure_ascii=True, sort_keys=True,
                           separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise ResultError(f"body is not JSON-serialisable: {exc}") from exc
-    return (text + "\n").encode(), json.loads(text)
+    return (text + "\n").encode()
 
 
 def _text_body(value: Any) -> bytes:
@@ -335,7 +356,7 @@ def openfaas_response(result: Any) -> Response:
                               "(body, status, headers), (body, status) or (body, headers)")
     if result is None:
         raise ResultError("function returned a tuple whose body is None")
-    data = None
+    is_json = False
     code = 200
     if isinstance(result, (str, bytes, bytearray, Iterator)):
         raw = _text_body(result)
@@ -344,26 +365,28 @@ def openfaas_response(result: Any) -> Response:
             merged["Content-Type"] = HTML_TYPE
     else:
         if isinstance(result, (_Json, dict, list)):
-            raw, data = _json_response(result.value if isinstance(result, _Json) else result)
+            raw, is_json = _json_response(result.value if isinstance(result, _Json) else result), True
             merged = Headers([("Content-Type", JSON_TYPE)])
-        elif _is_response(result):
+        elif _is_werkzeug_response(result):
             code, merged, raw = _from_werkzeug(result)
         else:
             raise ResultError(f"function returned {type(result).__name__}: expected a dict, str, bytes, "
                               "list, tuple, iterator, werkzeug Response or None")
         if headers:
             _merge_headers(merged, headers, replace=True)
-    return _response(_status(status) if status is not None else code, merged, raw, data)
+    return _response(_status(status) if status is not None else code, merged, raw, is_json)
 
 
-def _response(code: int, headers: Headers, raw: bytes, data: Any = None) -> Response:
+def _response(code: int, headers: Headers, raw: bytes, is_json: bool = False,
+              failure: Failure | None = None) -> Response:
+    if not all(isinstance(k, str) for k, _ in headers.items()):
+        raise ResultError(f"invalid headers {list(headers.items())!r}: a header name must be a str")
     rest = [(k, v) for k, v in headers.items() if k.lower() not in _SKIPPED]
-    return Response(code, rest, raw, headers.get("Content-Type") or "application/octet-stream", data)
+    return Response(code, rest, raw, headers.get("Content-Type") or "application/octet-stream", is_json, failure)
 
 
-def _is_response(value: Any) -> bool:
+def _is_werkzeug_response(value: Any) -> bool:
     from werkzeug.wrappers import Response as WerkzeugResponse  # rare: imported on first use
-
     return isinstance(value, WerkzeugResponse)
 
 
@@ -372,9 +395,11 @@ def openfaas_error(exc: BaseException, source_file: str | None = None) -> Respon
     their status and page (``abort(404)``; ``event.query["missing"]`` is a 400), as Flask
     answers them; any other exception is the error object of :func:`error_response`."""
     if isinstance(exc, HTTPException):
+        frame = _frame_of(exc, source_file)
+        failure = Failure(type(exc).__name__, str(exc), f"{frame.filename}:{frame.lineno}" if frame else "")
         try:
             code, headers, raw = _from_werkzeug(exc.get_response())
-            return _response(_status(code), headers, raw)
+            return _response(_status(code), headers, raw, failure=failure)
         except ResultError:
             pass  # e.g. a status HTTP cannot carry: the error object below names the exception
     return error_response(exc, source_file)
