@@ -35,6 +35,16 @@ def test_a_second_bridge_on_the_same_reply_store_exits_2_naming_it(make_bridge, 
     assert rr(broker.port, f"{topic_prefix}/x", "still here")["status_code"] == 200  # the first serves on
 
 
+def test_reply_stores_side_by_side_share_the_crash_guards_file_so_the_second_exits_2(make_bridge, topic_prefix,
+                                                                                     tmp_path):
+    route = {"topic": f"{topic_prefix}/x", "handler": "inspect_event"}
+    first = make_bridge([route], name="first", replies={"store": str(tmp_path / "shared" / "a.db")})
+    second = make_bridge([route], name="second", replies={"store": str(tmp_path / "shared" / "b.db")}, start=False)
+    log = _second_exits_2(second)
+    assert (f"replies.store: {tmp_path / 'shared' / 'attempts.db'} is in use by another bridge "
+            f"(process {first.proc.pid})") in log
+
+
 def test_a_second_bridge_on_the_same_outbox_exits_2_naming_it(make_bridge, broker, topic_prefix, tmp_path):
     secrets = tmp_path / "secrets"
     secrets.mkdir(mode=0o700)
