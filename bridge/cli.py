@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -17,16 +19,16 @@ from . import logs
 from .codec import reply_document
 from .config import BridgeConfig, environment, load_config
 from .contract import Context, Event
-from .errors import ConfigError, HandlerLoadError
-from .functions import load_function, respond, respond_async
+from .errors import BridgeError, ConfigError, HandlerLoadError
+from .functions import Unavailable, load_function, respond, respond_async
 from .logs import current_function
 
 DEFAULT_CONFIG = "config/bridge.toml"
 
 
-def _load(path: str) -> BridgeConfig:
+def _load(path: str, **options: str | None) -> BridgeConfig:
     try:
-        return load_config(path)
+        return load_config(path, **options)
     except ConfigError as exc:
         print(f"iot-bridge: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -35,27 +37,42 @@ def _load(path: str) -> BridgeConfig:
 def cmd_run(args: argparse.Namespace) -> int:
     from .daemon import Bridge  # the transport is imported only when serving
 
-    config = _load(args.config)
+    options = {"instance": args.instance, "state_dir": args.state_dir}
+    config = _load(args.config, **options)
     logs.setup(config.logging.level, config.logging.function_level)
     try:
-        bridge = Bridge(config, args.config)
+        bridge = Bridge(config, args.config, **options)
     except ConfigError as exc:
         print(f"iot-bridge: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(bridge.run())
+    try:
+        code = asyncio.run(bridge.run())
+    except BridgeError as exc:
+        logging.getLogger("bridge").error("%s", exc)
+        code = 1
+    # Exit now: a thread a function started (not a daemon thread) must not keep the service
+    # from stopping, and interpreter teardown would wait for it.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from .workers.probe import probe
+
     config = _load(args.config)
     logs.setup("WARNING", "WARNING")
     problems: list[str] = []
+    try:
+        functions = asyncio.run(probe(config, environment().hostname))
+    except BridgeError as exc:
+        print(f"iot-bridge: {exc}", file=sys.stderr)
+        return 1
     for i, route in enumerate(config.routes):
-        if route.handler is None:
-            continue
-        try:
-            load_function(config.handlers_dir, route.handler)
-        except HandlerLoadError as exc:
-            problems.append(f"routes[{i}].handler ({route.handler}): {exc}")
+        found = functions.get(route.handler) if route.handler is not None else None
+        if isinstance(found, Unavailable):
+            problems.append(f"routes[{i}].handler ({route.handler}): {found.reason}")
     for line in problems:
         print(line)
     if problems:
@@ -110,7 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", default=DEFAULT_CONFIG, help=f"TOML config file (default {DEFAULT_CONFIG})")
         return p
 
-    with_config(sub.add_parser("run", help="serve: subscribe, run functions, publish replies")).set_defaults(func=cmd_run)
+    run = with_config(sub.add_parser("run", help="serve: subscribe, run functions, publish replies"))
+    run.add_argument("--instance", help="one of several bridges run from one config: appended to "
+                                        "mqtt.client_id as -INSTANCE (the systemd unit iot-bridge@.service)")
+    run.add_argument("--state-dir", help="directory for relative state files (replies.store, outbox.path) "
+                                         "instead of the config file's directory")
+    run.set_defaults(func=cmd_run)
     with_config(sub.add_parser("check", help="validate the config and import every function")).set_defaults(func=cmd_check)
     inv = with_config(sub.add_parser("invoke", help="run one function once, without a broker"))
     inv.add_argument("handler", help='"module" or "module:function" in handlers_dir')
