@@ -19,8 +19,10 @@ sent, across the two broker connections (bridge.link):
   message by now).  The copy of a request acknowledged shortly before the drop (that
   acknowledgement may have been lost) is acknowledged again and not answered again.
   The window closes when every expected copy has come, or after :data:`WINDOW_SLACK` new
-  messages (brokers resend before they deliver anything new); its one limit: a new request
-  identical to one of those, arriving inside the window, is taken for the copy (docs/reliability.md).
+  messages (brokers resend what they had in flight first, though aedes mixes new messages in);
+  copies of acknowledged requests are expected for :data:`ACKED_WINDOW` seconds at most.  Its
+  one limit: a new request identical to one of those, arriving inside the window, is taken for
+  the copy (docs/reliability.md).
 * QoS 2 requests are not resent (the broker resends only PUBREL): their ids stay valid.
 * When the broker starts a fresh session, pending packet ids name other messages from then on:
   work in progress is answered but never acknowledges its old id.
@@ -46,6 +48,7 @@ log = logging.getLogger("bridge.delivery")
 WINDOW_SLACK = 256  # new messages after a resume, after which no more copies are expected
 RECENT_ACKS = 256  # acknowledgements remembered, in case the connection dropped under them
 ACK_MARGIN = 2.0  # seconds before the last read from the broker in which an ack may be lost
+ACKED_WINDOW = 5.0  # seconds after a resume in which copies of acknowledged requests are expected
 INLINE_KEY_BYTES = 64 * 1024  # larger payloads are remembered by digest, not by reference
 
 CopyKey = tuple[str, object, bytes | None, str | None]
@@ -101,47 +104,46 @@ class Ledger:
         self._window: dict[CopyKey, list[Held]] | None = None  # held requests awaiting their copy
         self._window_misses = 0
         self._acked_copies: Counter[CopyKey] = Counter()  # acknowledged shortly before the drop
+        self._acked_until = 0.0
 
     # -- arrival ------------------------------------------------------------------------------
     def absorb(self, msg: Inbound) -> bool:
         """True when ``msg`` is the broker's copy of a request already held or just answered
         (nothing to run: it is acknowledged with its own packet id, once)."""
-        if self._window is not None or self._acked_copies:
-            return self._absorb_in_window(msg)
         held = self._running.get(msg.mid)
-        if held is None:
-            return False
-        if copy_key(msg) == copy_key(held.msg):  # hashing only when a held id comes again
+        if held is not None and copy_key(msg) == copy_key(held.msg):  # hashing only when a held id comes again
+            # The same message again (aedes may send it twice right after a resume).
             self._take_copy(held, msg)
             return True
-        # Another message with the packet id of held work: the broker lost its state (a
-        # restart from an older snapshot).  The old one must not acknowledge this one.
-        self._running.pop(msg.mid).orphaned = True
+        if self._window is not None or self._acked_copies:
+            return self._absorb_in_window(msg)
+        if held is not None:
+            # Another message with the packet id of held work: the broker lost its state (a
+            # restart from an older snapshot).  The old one must not acknowledge this one.
+            del self._running[msg.mid]
+            held.orphaned = True
         return False
 
     def _absorb_in_window(self, msg: Inbound) -> bool:
         key = copy_key(msg)
         waiting = self._window.get(key) if self._window else None
         if waiting:
-            held = waiting.pop(0)
-            if not waiting:
-                del self._window[key]  # type: ignore[union-attr]
-            self._take_copy(held, msg)
-            if not self._window:
-                self._window = None  # every copy came
+            self._take_copy(waiting[0], msg)
             return True
-        if self._acked_copies[key] > 0:
-            self._acked_copies[key] -= 1
-            log.debug("copy of a request acknowledged before the drop, on %s: acknowledged again", msg.topic)
-            self._link.ack(msg.mid, msg.qos)
-            return True
-        # A new message.  Brokers resend what they have in flight before anything new, so
-        # acknowledged requests will not come again from now on.
-        self._acked_copies.clear()
-        if self._window is not None:
-            self._window_misses += 1
-            if self._window_misses > WINDOW_SLACK:
-                self._close_window()
+        if self._acked_copies:
+            if time.monotonic() > self._acked_until:
+                self._expire_acked()
+                return self.absorb(msg)  # as outside the window
+            elif self._acked_copies[key] > 0:
+                self._acked_copies[key] -= 1
+                log.debug("copy of a request acknowledged before the drop, on %s: acknowledged again", msg.topic)
+                self._link.ack(msg.mid, msg.qos)
+                return True
+        # A new message.
+        self._window_misses += 1
+        if self._window_misses > WINDOW_SLACK:
+            self._close_window()
+            self._expire_acked()
         held = self._running.get(msg.mid)
         if held is not None:
             del self._running[msg.mid]
@@ -152,6 +154,15 @@ class Ledger:
 
     def _take_copy(self, held: Held, msg: Inbound) -> None:
         """``msg`` is the broker's copy of ``held``: from now on ``held`` answers to its id."""
+        if held.copy_due and self._window:
+            key = copy_key(held.msg)
+            waiting = self._window.get(key, [])
+            if held in waiting:
+                waiting.remove(held)
+                if not waiting:
+                    del self._window[key]
+            if not self._window:
+                self._window = None  # every copy came
         if self._running.get(held.msg.mid) is held:
             del self._running[held.msg.mid]
         held.msg = msg
@@ -164,6 +175,13 @@ class Ledger:
         if other is not None and other is not held and not other.copy_due:
             other.orphaned = True
         self._running[msg.mid] = held
+
+    def _expire_acked(self) -> None:
+        self._acked_until = 0.0
+        if self._acked_copies:
+            log.debug("%d request(s) acknowledged before the drop were not resent: their acknowledgement arrived",
+                      sum(self._acked_copies.values()))
+            self._acked_copies.clear()
 
     def _close_window(self) -> None:
         """No more copies are expected: requests the broker did not resend (amqtt does not)
@@ -261,6 +279,10 @@ class Ledger:
             self._link.ack(msg.mid, msg.qos)
             # Remembered in case the connection drops before the broker reads it.
             self._recent.append((time.monotonic(), msg if len(msg.payload) <= INLINE_KEY_BYTES else copy_key(msg)))
+            if self._acked_until:
+                # Shortly after a resume aedes may deliver a message a second time after it
+                # was acknowledged (same packet id, no DUP): one more copy to expect.
+                self._acked_copies[copy_key(msg)] += 1
 
     # -- the request connection's session -----------------------------------------------------
     def session_lost(self) -> None:
@@ -273,6 +295,7 @@ class Ledger:
         self._running.clear()
         self._window = None
         self._acked_copies.clear()
+        self._acked_until = 0.0
         self._recent.clear()
 
     def session_resumed(self, last_read: float | None = None) -> None:
@@ -291,10 +314,13 @@ class Ledger:
             elif held.ack_due:
                 self._settle(held)
         self._window, self._window_misses = window or None, 0
+        self._acked_until = time.monotonic() + ACKED_WINDOW
         cutoff = (last_read or time.monotonic()) - ACK_MARGIN
         self._acked_copies = Counter(m if isinstance(m, tuple) else copy_key(m)
                                      for t, m in self._recent if t >= cutoff)
         self._recent.clear()
+        log.debug("resume window: %d request(s) await their copy, %d were acknowledged shortly before the drop",
+                  sum(len(w) for w in window.values()), sum(self._acked_copies.values()))
 
     def _held(self) -> list[Held]:
         """Every held request not orphaned: by packet id, and awaiting a copy."""

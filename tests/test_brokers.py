@@ -201,7 +201,8 @@ def test_a_network_drop_runs_no_request_twice(make_bridge, other_broker, topic_p
     DUP, RabbitMQ with new packet ids): every request is answered, and no function runs twice."""
     count = 300
     with Proxy(other_broker.port) as proxy:
-        run = Run(make_bridge, other_broker, tmp_path, topic_prefix, port=proxy.port, concurrency=8)
+        run = Run(make_bridge, other_broker, tmp_path, topic_prefix, port=proxy.port, concurrency=8,
+                  logging={"level": "DEBUG"})
         try:
             run.bridge.start(timeout=30)
 
@@ -220,6 +221,7 @@ def test_a_network_drop_runs_no_request_twice(make_bridge, other_broker, topic_p
             sender.join(30)
             wait_for(lambda: len(run.answered()) >= count, 60, "every request answered")
             wait_for(lambda: run.publisher.unacknowledged() == 0, 10, "the broker acknowledged every request")
+            assert run.bridge.stop() == 0  # while the proxy still connects it
         finally:
             run.close()
     answered, ran = run.answered(), run.ran()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+from bridge import delivery
 from bridge.delivery import WINDOW_SLACK, Held, Ledger
 from bridge.message import Inbound, Outbound
 from tests.support.recorder import Recorder
@@ -180,25 +181,40 @@ def test_the_one_limit_an_identical_new_request_inside_the_window_is_taken_for_t
     assert b.link.acked == [2] and len(b.ran) == 1
 
 
-def test_after_the_window_an_identical_request_runs():
+def test_after_the_window_an_identical_request_runs(monkeypatch):
+    monkeypatch.setattr(delivery, "ACKED_WINDOW", 0.0)  # the few seconds have passed
     b = Books()
     a = b.arrive(req(1, b"A"))
     b.drop()
     b.resume()
     assert b.arrive(req(1, b"A", dup=True)) is None  # every copy came: the window closes
     b.answer(a)
+    time.sleep(0.01)
     assert b.arrive(req(2, b"A")) is not None
     assert len(b.ran) == 2
 
 
-def test_acknowledged_requests_are_no_longer_expected_once_something_new_arrives():
+def test_a_copy_of_an_acknowledged_request_may_come_after_new_messages():
+    """aedes mixes new messages in before it resends what it had in flight."""
     b = Books()
     a = b.arrive(req(1, b"A"))
     b.answer(a)
     b.drop()
     b.resume()
-    assert b.arrive(req(2, b"N")) is not None  # new: the broker had A's acknowledgement
-    assert b.arrive(req(3, b"A")) is not None  # so this is a new, identical request
+    assert b.arrive(req(2, b"N")) is not None  # new
+    assert b.arrive(req(1, b"A")) is None  # then the copy of A, whose ack was lost
+    assert len(b.ran) == 2
+
+
+def test_acknowledged_requests_are_no_longer_expected_after_a_few_seconds(monkeypatch):
+    monkeypatch.setattr(delivery, "ACKED_WINDOW", 0.0)
+    b = Books()
+    a = b.arrive(req(1, b"A"))
+    b.answer(a)
+    b.drop()
+    b.resume()
+    time.sleep(0.01)
+    assert b.arrive(req(3, b"A")) is not None  # its acknowledgement had arrived: a new request
 
 
 def test_a_broker_that_never_resends_gets_no_ack_for_old_ids():
@@ -269,3 +285,28 @@ def test_each_done_request_is_released_once():
     b.resume()
     b.arrive(req(50, b"A"))
     assert b.done == [a]
+
+
+def test_the_same_message_twice_right_after_a_resume_runs_once():
+    """aedes has been seen sending a message twice, same packet id, no DUP, right after a resume."""
+    b = Books()
+    a = b.arrive(req(1, b"A"))
+    b.answer(a)
+    b.drop()
+    b.resume()
+    n = b.arrive(req(9, b"N"))
+    assert n is not None
+    assert b.arrive(req(9, b"N")) is None
+    b.answer(n)
+    assert b.link.acked == [1, 9] and len(b.ran) == 2
+
+
+def test_a_message_delivered_again_after_it_was_acknowledged_in_the_window_runs_once():
+    """aedes again: right after a resume, a message answered and acknowledged comes once more."""
+    b = Books()
+    b.drop()
+    b.resume()
+    n = b.arrive(req(6505, b"N"))
+    b.answer(n)  # type: ignore[arg-type]
+    assert b.arrive(req(6505, b"N")) is None
+    assert b.link.acked == [6505, 6505] and len(b.ran) == 1
