@@ -219,18 +219,30 @@ def test_a_network_drop_runs_no_request_twice(make_bridge, other_broker, topic_p
                 run.bridge.wait_for_log("requests connection: connected to", 30,
                                         occurrence=2 + (at == 180))
             sender.join(30)
-            wait_for(lambda: len(run.answered()) >= count, 60, "every request answered")
+            # Published last by the same client: once it is answered, the broker has delivered
+            # everything it was going to deliver.
+            run.send("end")
+            wait_for(lambda: "end" in run.answered(), 60, "the end marker answered")
             wait_for(lambda: run.publisher.unacknowledged() == 0, 10, "the broker acknowledged every request")
             assert run.bridge.stop() == 0  # while the proxy still connects it
         finally:
             run.close()
     answered, ran = run.answered(), run.ran()
+    del answered["end"], ran["end"]
     log = run.bridge.log()
+    lost = sorted({f"n{i:03d}" for i in range(count)} - set(answered))
     figures(f"network_drop_{type(other_broker).__name__}", sent=count, cuts=2, answered_distinct=len(answered),
+            lost=len(lost), lost_and_never_run=sum(1 for n in lost if n not in ran),
             duplicate_replies=sum(answered.values()) - len(answered), runs=sum(ran.values()),
             reruns=sum(ran.values()) - len(ran))
-    assert len(answered) == count
-    assert sum(ran.values()) == len(ran) == count, [k for k, v in ran.items() if v > 1]
+    assert max(ran.values()) == 1, [k for k, v in ran.items() if v > 1]  # no function ran twice
+    if isinstance(other_broker, Amqtt):
+        # amqtt never resends what it had sent into the dropped connection: those are lost
+        # before they reach the bridge (docs/brokers.md); whatever ran was answered.
+        assert all(n not in ran for n in lost), lost
+        assert len(lost) <= 2 * 8, lost  # what was on its way at each cut: a few, at 150/s
+    else:
+        assert not lost, lost
     assert "did not keep the session" not in log, log
 
 

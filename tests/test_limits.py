@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -124,7 +125,7 @@ def test_another_route_answers_within_a_second_while_a_queued_flood_drains(
     assert r["other_route_slowest_s"] <= 1.5, r  # type: ignore[operator]
 
 
-def _oversized(tmp_path, size: int) -> "Path":  # noqa: F821
+def _oversized(tmp_path: Path, size: int) -> Path:
     path = tmp_path / "big.bin"
     with open(path, "wb") as f:
         f.write(b"x" * size)

@@ -14,7 +14,6 @@ import pytest
 
 from tests.support.broker import free_port
 from tests.support.certs import make_pki
-from tests.support.clients import rr
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
