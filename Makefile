@@ -32,7 +32,7 @@ $(VENV)/.installed: pyproject.toml
 	@$(MAKE) --no-print-directory deps
 	[ -x $(PY) ] || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[dev,test]'
 	touch $@
 
 clean:

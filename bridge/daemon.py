@@ -22,7 +22,9 @@ from .contract import Context
 from .dispatch import Dispatcher, Route
 from .errors import BridgeError, ConfigError, HandlerLoadError
 from .replystore import ReplyStore
+from .stats import Stats
 from .functions import Function, Unavailable, load_function, module_path, split_spec
+from .http import HttpServer
 from .link import BrokerLink
 from .message import Subscription
 from .workers import WorkerPool
@@ -89,18 +91,27 @@ class Bridge:
         self.dispatcher: Dispatcher | None = None
         self.link: BrokerLink | None = None
         self.notifier = systemd.Notifier.from_environment()  # no-op unless run by systemd
+        # -- the HTTP side (bridge.http) reads these --
+        self.stats = Stats()
+        self.phase = "starting"  # "serving" once READY, "stopping" from SIGTERM on
+        self.http_token = self._secret("http.token_secret", config.http.token_secret)
+        self.http: HttpServer | None = None
 
     def _broker_password(self) -> str | None:
-        name = self.config.mqtt.password_secret
         directory = secretstore.location()
         if directory is not None:
             for warning in secretstore.check_permissions(directory):
                 log.warning("%s", warning)
+        return self._secret("mqtt.password_secret", self.config.mqtt.password_secret)
+
+    @staticmethod
+    def _secret(key: str, name: str | None) -> str | None:
+        """The secret a config ``key`` names, if it names one; :class:`ConfigError` if missing."""
         if name is None:
             return None
         store = secretstore.current()
         if store is None or not store.exists(name):
-            raise ConfigError(f"mqtt.password_secret: no secret named {name!r}", key="mqtt.password_secret")
+            raise ConfigError(f"{key}: no secret named {name!r}", key=key)
         return store.get(name)
 
     def reload(self) -> None:
@@ -118,6 +129,9 @@ class Bridge:
                 if config.mqtt != self.config.mqtt:
                     log.warning("[mqtt] changes take effect after a restart; the connection is kept as it is")
                     config = config.model_copy(update={"mqtt": self.config.mqtt})
+                if config.http != self.config.http:
+                    log.warning("[http] changes take effect after a restart")
+                    config = config.model_copy(update={"http": self.config.http})
                 if any(r.thing is not None for r in config.routes) and self.things is None:
                     raise ConfigError("Thing routes added by a reload need a restart")
                 _configure_packages(config)
@@ -141,6 +155,7 @@ class Bridge:
 
     async def _announce_ready(self, link: BrokerLink) -> None:
         await link.ready()
+        self.phase = "serving"  # /__/health answers 200 from now on, as READY=1 says
         log.info("ready: subscribed to %d topic filter(s)", len(self.routes))
         self.notifier.notify_ready(f"serving: subscribed to {len(self.routes)} topic filter(s)")
 
@@ -162,7 +177,7 @@ class Bridge:
         )
         replies = ReplyStore(self.config.replies.store, max_age=self.config.mqtt.session_expiry)
         dispatcher = Dispatcher(self.config, self.routes, link, loop, Context(env.hostname),
-                                things=self.things, replies=replies)
+                                things=self.things, replies=replies, stats=self.stats)
         if self.things is not None:
             self.things.start()  # also delivers what a previous run left in the outbox
         dispatcher_ref.append(dispatcher)
@@ -171,6 +186,9 @@ class Bridge:
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         self.notifier.start_watchdog(loop)  # pinged from this loop: a blocked loop stops it
+        if self.config.http.listen:
+            self.http = HttpServer(self, self.http_token)
+            await self.http.start()  # before connecting: /__/health says "starting" meanwhile
         runner = asyncio.create_task(link.run(), name="mqtt")
         if self.config.logging.log_payloads:
             log.warning("logging.log_payloads is on: message payloads (and any secret in them) go to the log")
@@ -182,12 +200,15 @@ class Bridge:
         if runner.done() and runner.exception() is not None:
             raise runner.exception()  # type: ignore[misc]
         ready.cancel()
+        self.phase = "stopping"
         log.info("stopping: finishing %d in-flight request(s)", dispatcher.in_flight)
         self.notifier.notify_stopping(f"stopping: finishing {dispatcher.in_flight} in-flight request(s)")
         dispatcher.stop_intake()
         if not await dispatcher.drain(self.config.limits.shutdown_grace):
             log.warning("%d request(s) unfinished after %g s; the broker will redeliver them",
                         dispatcher.in_flight, self.config.limits.shutdown_grace)
+        if self.http is not None:
+            await self.http.close(min(self.config.limits.shutdown_grace, 5.0))
         await link.close()
         runner.cancel()
         for route in self.routes:

@@ -9,6 +9,7 @@ business of :mod:`bridge.delivery`; the transport is the only thing that talks t
   and then acknowledged: a poison message is never redelivered in a loop.
 * At most ``limits.max_in_flight`` requests are in flight at once; at the bound the link
   stops reading requests, and the rest wait in the broker (bridge.link).
+* HTTP invocations come in through :meth:`Dispatcher.call` and run on the same path.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from time import monotonic
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .codec import check_request, encode_reply, event_from_message
 from .config import BridgeConfig, RouteConfig
-from .contract import Context, Response, error_body
+from .contract import Context, Event, Response, error_body
 from .delivery import Held, Ledger, Link
 from .iotstudio.automation import ThingSink, write_thing
 from .functions import Function, Unavailable, respond, respond_async
@@ -29,6 +31,7 @@ from .logs import current_function
 from .message import Inbound, Outbound
 from .replystore import ReplyStore
 from .routing import ReplyPolicy, matches
+from .stats import REJECTION_REASONS, RouteStats, Stats
 from .workers import WorkerPool
 
 log = logging.getLogger("bridge.dispatch")
@@ -50,6 +53,7 @@ class Route:
     config: RouteConfig
     function: Function | Unavailable | None
     pool: WorkerPool | None = None
+    stats: RouteStats = None  # type: ignore[assignment]  (set by the dispatcher)
 
 
 @dataclass(eq=False, slots=True)
@@ -59,6 +63,9 @@ class Job(Held):
     done: bool = False
     running: bool = False
     timer: asyncio.TimerHandle | None = None
+    arrived: float = 0.0  # monotonic(); the request duration metric starts here
+    event: Event | None = None  # an HTTP call's Event (see Dispatcher.call); else built from msg
+    caller: asyncio.Future[Response] | None = None  # an HTTP call is answered here, not over MQTT
 
 
 @dataclass(eq=False)
@@ -70,6 +77,7 @@ class Dispatcher:
     context: Context = field(default_factory=Context)
     things: ThingSink | None = None
     replies: ReplyStore | None = None
+    stats: Stats = field(default_factory=Stats)
     in_flight: int = 0
     _paused: bool = False
     _closing: bool = False  # shutting down: intake stays stopped
@@ -88,6 +96,9 @@ class Dispatcher:
         self._resume_at = max(self._max * 3 // 4, self._max - 1)
         self._reply_policy = ReplyPolicy(self.config.replies.allowed_topics, [r.config.topic for r in self.routes])
         self._log_payloads = self.config.logging.log_payloads
+        for route in self.routes:
+            source = route.function.source_file if isinstance(route.function, Function) else None
+            route.stats = self.stats.route(route.config.topic, route.config.handler, source)
 
     # -- intake -------------------------------------------------------------------------------
     def set_routes(self, config: BridgeConfig, routes: list[Route]) -> None:
@@ -114,9 +125,10 @@ class Dispatcher:
         route = self.route_for(msg)
         if route is None:
             log.warning("no route for topic %r; acknowledged and dropped", msg.topic)
+            self.stats.refused("no_route")
             self.ledger.ignore(msg)
             return
-        job = Job(msg, route=route, reply_to=self._reply_topic(msg, route))
+        job = Job(msg, route=route, reply_to=self._reply_topic(msg, route), arrived=monotonic())
         self._take(job)
         stored = self.ledger.hold(job)
         if stored is not None:
@@ -125,19 +137,51 @@ class Dispatcher:
             self.ledger.send(job, stored)
             return
         rejection = check_request(msg, self.config.limits.max_payload)
-        function = route.function
         if rejection is not None:
+            self.stats.refused(REJECTION_REASONS.get(rejection.status, "method"))
             self._finish(job, rejection)
-        elif isinstance(function, Unavailable):
+        else:
+            self._start(job)
+
+    def call(self, route: Route, event: Event) -> asyncio.Future[Response]:
+        """Run ``route``'s function on ``event`` as an MQTT request on that route is run (the
+        HTTP front end's only way in; event loop thread).
+
+        Same workers, timeout, ``limits.max_in_flight`` slot, logging, metrics and result
+        rules; ``await`` the returned future for the Response.  The future is already done
+        when the request is refused without running: at the in-flight bound (429), shutting
+        down (503), or a function that is unavailable or busy (503).
+        """
+        future: asyncio.Future[Response] = self.loop.create_future()
+        if self._closing:
+            self.stats.refused("shutting_down")
+            future.set_result(error_body(503, "the bridge is shutting down"))
+        elif self.in_flight >= self._max:
+            self.stats.refused("max_in_flight")
+            future.set_result(error_body(429, f"{self.in_flight} requests in flight: at limits.max_in_flight"))
+        else:
+            # The route's topic stands in for the MQTT topic in logs and Thing writes.
+            job = Job(Inbound(route.config.topic, event.body), route=route, arrived=monotonic(),
+                      event=event, caller=future)
+            self._take(job)
+            self._start(job)
+        return future
+
+    def _start(self, job: Job) -> None:
+        """Run the job's function in its style (MQTT requests and HTTP calls alike)."""
+        route, function = job.route, job.route.function
+        if isinstance(function, Unavailable):
+            self.stats.refused("unavailable")
             self._finish(job, error_body(503, f"function {function.name} is unavailable: {function.reason}"))
         elif function is None:  # a no-code Thing route: the payload is the update
-            self._finish(job, write_thing(self.things, route.config.thing, msg, None))
+            self._finish(job, write_thing(self.things, route.config.thing, job.msg, None))
         elif function.is_async:
             job.running = True
             self.loop.create_task(self._run_async(job, function))
         else:
             assert route.pool is not None
             if route.pool.stuck >= route.pool.size:
+                self.stats.refused("busy")
                 self._finish(job, error_body(503, f"function {function.name} is busy: every worker is stuck in a timed-out call"))
                 return
             job.timer = self.loop.call_later(route.config.timeout, self._expire, job)
@@ -152,6 +196,7 @@ class Dispatcher:
             return None
         verdict = self._reply_policy.refusal(topic, requested=requested)
         if verdict:
+            self.stats.refused("reply_topic")
             log.warning("%s %r %s; no reply published", "response topic" if requested else "reply topic",
                         topic, verdict)
             return None
@@ -166,7 +211,7 @@ class Dispatcher:
 
     # -- running ------------------------------------------------------------------------------
     def _invoke(self, job: Job, function: Function) -> Any:
-        event = event_from_message(job.msg)
+        event = job.event if job.event is not None else event_from_message(job.msg)
         return function.call(event, self.context)
 
     def _run_sync(self, job: Job, function: Function) -> None:
@@ -196,7 +241,8 @@ class Dispatcher:
         current_function.set(function.name)
         try:
             async with asyncio.timeout(job.route.config.timeout):
-                response = await respond_async(function, event_from_message(job.msg), self.context)
+                event = job.event if job.event is not None else event_from_message(job.msg)
+                response = await respond_async(function, event, self.context)
         except TimeoutError:
             response = self._timeout_response(job)
         self._finish(job, response)
@@ -227,6 +273,12 @@ class Dispatcher:
             job.timer.cancel()
         if job.route.config.thing is not None and response.status < 300 and job.route.function is not None:
             response = write_thing(self.things, job.route.config.thing, job.msg, response)
+        if job.caller is not None:  # an HTTP call: answered there, nothing to publish or ack
+            if not job.caller.done():  # done: the caller gave up waiting
+                job.caller.set_result(response)
+            job.route.stats.done(response, job.arrived)
+            self._released_slot(job)
+            return
         msg = job.msg
         out: Outbound | None = None
         if job.reply_to is not None:
@@ -238,6 +290,7 @@ class Dispatcher:
         else:
             log.debug("%s -> %d (no reply topic)", msg.topic, response.status)
         self.ledger.send(job, out)
+        job.route.stats.done(response, job.arrived)
 
     def _released_slot(self, _held: Held) -> None:
         """The ledger is done with a request: it no longer counts as in flight."""
