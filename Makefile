@@ -9,7 +9,7 @@ export PATH := $(PATH):/usr/sbin
 .PHONY: run test bench check clean deps
 
 run: $(VENV)/.installed
-	$(PY) -m bridge.devrun $(CONFIG)
+	$(PY) -m bridge.dev.run $(CONFIG)
 
 test: $(VENV)/.installed
 	$(VENV)/bin/pytest -q
