@@ -6,12 +6,12 @@ CONFIG ?= config/bridge.toml
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(PATH):/usr/sbin
 
-.PHONY: run test bench check clean deps
+.PHONY: run test bench check clean deps browser
 
 run: $(VENV)/.installed
 	$(PY) -m bridge.dev.run $(CONFIG)
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed browser
 	$(VENV)/bin/pytest -q
 
 bench: $(VENV)/.installed
@@ -23,10 +23,15 @@ check: $(VENV)/.installed
 
 deps:
 	@if ! command -v mosquitto >/dev/null || ! command -v mosquitto_rr >/dev/null \
-	   || ! python3 -c 'import ensurepip, venv' 2>/dev/null; then \
+	   || ! command -v curl >/dev/null || ! python3 -c 'import ensurepip, venv' 2>/dev/null; then \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	  $(SUDO) apt-get install -y -qq mosquitto mosquitto-clients python3-venv; \
+	  $(SUDO) apt-get install -y -qq mosquitto mosquitto-clients curl python3-venv; \
 	fi
+
+# The status page test drives Debian's chromium, headless (nothing is downloaded by the tests).
+browser:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  $(SUDO) apt-get install -y -qq chromium; }
 
 $(VENV)/.installed: pyproject.toml
 	@$(MAKE) --no-print-directory deps
