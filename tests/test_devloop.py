@@ -51,9 +51,11 @@ def _body(url: str) -> tuple[int, str]:
 def test_make_run_reloads_edited_handlers_and_config(broker, tmp_path):
     config, base = _project(tmp_path, broker.port)
     out = tmp_path / "make-run.out"
+    # As on a developer's machine, Python caches bytecode (__pycache__/*.pyc) of what it imports.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     with open(out, "wb") as sink:
         devrun = subprocess.Popen([sys.executable, "-m", "bridge.dev.run", str(config)], cwd=tmp_path,
-                                  stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                  stdout=sink, stderr=subprocess.STDOUT, env={**env, "PYTHONPATH": str(ROOT)})
     try:
         banner = wait_for(lambda: re.search(r"running as PID (\d+)", out.read_text()), 15, "the banner")
         pid = int(banner.group(1))
