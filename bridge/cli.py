@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -17,8 +19,8 @@ from . import logs
 from .codec import reply_document
 from .config import BridgeConfig, environment, load_config
 from .contract import Context, Event
-from .errors import ConfigError, HandlerLoadError
-from .functions import load_function, respond, respond_async
+from .errors import BridgeError, ConfigError, HandlerLoadError
+from .functions import Unavailable, load_function, respond, respond_async
 from .logs import current_function
 
 DEFAULT_CONFIG = "config/bridge.toml"
@@ -42,20 +44,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"iot-bridge: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(bridge.run())
+    try:
+        code = asyncio.run(bridge.run())
+    except BridgeError as exc:
+        logging.getLogger("bridge").error("%s", exc)
+        code = 1
+    # Exit now: a thread a function started (not a daemon thread) must not keep the service
+    # from stopping, and interpreter teardown would wait for it.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from .workers.probe import probe
+
     config = _load(args.config)
     logs.setup("WARNING", "WARNING")
     problems: list[str] = []
+    try:
+        functions = asyncio.run(probe(config, environment().hostname))
+    except BridgeError as exc:
+        print(f"iot-bridge: {exc}", file=sys.stderr)
+        return 1
     for i, route in enumerate(config.routes):
-        if route.handler is None:
-            continue
-        try:
-            load_function(config.handlers_dir, route.handler)
-        except HandlerLoadError as exc:
-            problems.append(f"routes[{i}].handler ({route.handler}): {exc}")
+        found = functions.get(route.handler) if route.handler is not None else None
+        if isinstance(found, Unavailable):
+            problems.append(f"routes[{i}].handler ({route.handler}): {found.reason}")
     for line in problems:
         print(line)
     if problems:

@@ -20,7 +20,7 @@ import json
 from typing import Any
 
 from .contract import METHODS, Event, Response, error_body, header_map
-from .message import Inbound, Outbound
+from .message import Inbound, Outbound, pack_publish_properties
 
 
 def _user_property(msg: Inbound, name: str) -> str | None:
@@ -30,6 +30,7 @@ def _user_property(msg: Inbound, name: str) -> str | None:
     return None
 
 
+_OWN_HEADERS = frozenset({"x-topic", "content-length"})
 MAX_USER_PROPERTIES = 256
 MAX_USER_PROPERTY_BYTES = 64 * 1024
 
@@ -53,8 +54,11 @@ def event_from_message(msg: Inbound) -> Event:
     """The Event a function receives for ``msg`` (call :func:`check_request` first)."""
     method = "POST"
     query = ""
-    headers: list[tuple[str, str]] = list(msg.user_properties)
-    if headers:
+    headers: list[tuple[str, str]] = []
+    if msg.user_properties:
+        # The bridge's own headers win: a requester cannot spoof the topic or the length.
+        own = _OWN_HEADERS if msg.content_type is None else _OWN_HEADERS | {"content-type"}
+        headers = [(k, v) for k, v in msg.user_properties if k.lower() not in own]
         method = (_user_property(msg, "method") or "POST").upper()
         query = _user_property(msg, "query") or ""
     if msg.content_type is not None:
@@ -65,25 +69,36 @@ def event_from_message(msg: Inbound) -> Event:
 
 
 def reply_document(resp: Response) -> dict[str, Any]:
-    """The JSON reply object: ``{"status_code", "headers", "body"}``."""
+    """The JSON reply object: ``{"status_code", "headers", "body"}`` (see :func:`encode_reply`)."""
+    return json.loads(_json_reply(resp))
+
+
+def _json_reply(resp: Response) -> bytes:
     headers = header_map([*resp.headers, ("Content-Type", resp.content_type)])
-    doc: dict[str, Any] = {"status_code": resp.status, "headers": headers}
-    if resp.data is not None:
-        doc["body"] = resp.data
+    head = f'{{"status_code":{resp.status},"headers":{json.dumps(headers, ensure_ascii=False, separators=(",", ":"))},"body":'
+    if resp.json:
+        body = resp.body  # already JSON: embedded as an object, not encoded twice
+        tail = b"}"
     else:
         try:
-            doc["body"] = resp.body.decode("utf-8")
+            body = json.dumps(resp.body.decode("utf-8"), ensure_ascii=False).encode()
+            tail = b"}"
         except UnicodeDecodeError:
             # JSON cannot carry raw bytes: say how the string is encoded.
-            doc["body"] = base64.b64encode(resp.body).decode("ascii")
-            doc["body_encoding"] = "base64"
-    return doc
+            body = b'"' + base64.b64encode(resp.body) + b'"'
+            tail = b',"body_encoding":"base64"}'
+    return head.encode() + body + tail
 
 
 def encode_reply(resp: Response, reply_format: str, topic: str, qos: int, correlation: bytes | None) -> Outbound:
-    """The message that carries ``resp`` to ``topic``."""
+    """The message that carries ``resp`` to ``topic``.
+
+    Raises :class:`ValueError` (or ``UnicodeEncodeError``) when the reply cannot be encoded
+    in that format, e.g. a header value over 65,535 bytes as an MQTT user property.
+    """
     if reply_format == "body":
         props = [("status", str(resp.status)), *resp.headers]
-        return Outbound(topic, resp.body, qos, correlation, resp.content_type, props)
-    payload = json.dumps(reply_document(resp), ensure_ascii=False, separators=(",", ":")).encode()
-    return Outbound(topic, payload, qos, correlation, "application/json")
+        out = Outbound(topic, resp.body, qos, correlation, resp.content_type, props)
+        pack_publish_properties(out)  # fails here, not later in the transport
+        return out
+    return Outbound(topic, _json_reply(resp), qos, correlation, "application/json")

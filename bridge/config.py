@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 import string
 import tomllib
@@ -93,10 +94,13 @@ class ThingTarget(_Model):
     update_history: bool = True
 
 
+_HANDLER = r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*)?$"  # module[.sub][:function], inside handlers_dir
+
+
 class RouteConfig(_Model):
     topic: str
     # Optional only when ``thing`` is set: the message payload itself is then written.
-    handler: Annotated[str, Field(min_length=1)] | None = None
+    handler: str | None = None
     thing: ThingTarget | None = None
     reply_topic: str | None = None
     qos: Literal[0, 1, 2] = 1
@@ -108,6 +112,14 @@ class RouteConfig(_Model):
     @classmethod
     def _topic(cls, value: str) -> str:
         return _check_filter(value)
+
+    @field_validator("handler")
+    @classmethod
+    def _handler(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(_HANDLER, value):
+            raise ValueError(f"{value!r} must name a module in handlers_dir: \"module\", "
+                             "\"package.module\" or \"module:function\" (no paths)")
+        return value
 
     @model_validator(mode="after")
     def _handler_or_thing(self) -> "RouteConfig":
@@ -141,6 +153,22 @@ class LoggingConfig(_Model):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     function_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_payloads: bool = False
+    access: bool = False  # one line per request: topic, function, status, duration
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class WorkersConfig(_Model):
+    """``[workers]``: where functions run (see docs/functions.md)."""
+
+    mode: Literal["process", "thread"] = "process"
+    processes: Annotated[int, Field(ge=1, le=256)] = Field(default_factory=_cpus)
+    memory_limit_mb: Annotated[int, Field(ge=0)] = 512  # per worker process; 0 = no limit
 
 
 class IotStudioConfig(_Model):
@@ -226,6 +254,7 @@ class BridgeConfig(_Model):
     replies: RepliesConfig = RepliesConfig()
     limits: LimitsConfig = LimitsConfig()
     logging: LoggingConfig = LoggingConfig()
+    workers: WorkersConfig = WorkersConfig()
     iot_studio: IotStudioConfig = IotStudioConfig()
     outbox: OutboxConfig = OutboxConfig()
     secrets: SecretsConfig = SecretsConfig()
@@ -271,6 +300,13 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> BridgeConfig:
         problems = [f"{_key_of(e, data)}: {e['msg']}" for e in exc.errors()]
         first = _key_of(exc.errors()[0], data)
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems), key=first) from exc
+    seen: dict[str, int] = {}
+    for i, route in enumerate(config.routes):
+        if route.topic in seen:
+            key = f"routes[{i}].topic"
+            raise ConfigError(f"invalid configuration:\n  {key}: {route.topic!r} is already the topic of "
+                              f"routes[{seen[route.topic]}]; only one route would run", key=key)
+        seen[route.topic] = i
     config.http.check()
     return config
 

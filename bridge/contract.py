@@ -13,7 +13,7 @@ import json
 import linecache
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 from urllib.parse import parse_qsl
 
 from werkzeug.datastructures import Headers, ImmutableMultiDict
@@ -77,18 +77,34 @@ class Context:
     hostname: str = "localhost"
 
 
+class Failure(NamedTuple):
+    """Why a request ended in an error, for the bridge's log: never the payload."""
+
+    kind: str  # the exception's type, or what went wrong ("Timeout", "PayloadTooLarge", ...)
+    message: str
+    where: str = ""  # the function's file:line, when known
+
+
 @dataclass(slots=True)
 class Response:
     """A normalised result: status, headers, body bytes and content type.
 
-    ``data`` keeps a dict body as an object so a JSON reply can embed it unchanged.
+    ``json`` says the body is JSON made from an object (a dict body, the error object), so a
+    JSON reply embeds it as an object.  ``failure`` is set when the request ended in an error
+    (an exception, an invalid result, a timeout, a refusal), not when a function chose its status.
     """
 
     status: int = 200
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
     content_type: str = TEXT_TYPE
-    data: Any = None
+    json: bool = False
+    failure: Failure | None = None
+
+    @property
+    def data(self) -> Any:
+        """The object a JSON body was made from (None for other bodies)."""
+        return json.loads(self.body) if self.json else None
 
 
 def _status_of(result: dict[str, Any]) -> int:
@@ -136,7 +152,7 @@ def normalise(result: Any) -> Response:
     explicit_type = next((v for k, v in headers if k.lower() == "content-type"), None)
     if explicit_type is not None:
         headers = [(k, v) for k, v in headers if k.lower() != "content-type"]
-    data = None
+    is_json = False
     if body is None:
         raw, content_type = b"", TEXT_TYPE
     elif isinstance(body, dict):
@@ -144,7 +160,7 @@ def normalise(result: Any) -> Response:
             raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
         except (TypeError, ValueError) as exc:
             raise ResultError(f"body is not JSON-serialisable: {exc}") from exc
-        data, content_type = body, JSON_TYPE
+        is_json, content_type = True, JSON_TYPE
     elif isinstance(body, (bytes, bytearray, memoryview)):
         raw, content_type = bytes(body), "application/octet-stream"
     else:
@@ -152,16 +168,25 @@ def normalise(result: Any) -> Response:
             raw, content_type = str(body).encode("utf-8", "surrogateescape"), TEXT_TYPE
         except UnicodeEncodeError as exc:
             raise ResultError(f"body cannot be encoded as UTF-8: {exc}") from exc
-    return Response(status, headers, raw, explicit_type or content_type, data)
+    return Response(status, headers, raw, explicit_type or content_type, is_json)
 
 
-def error_body(status: int, message: str, details: dict[str, Any] | None = None) -> Response:
-    """A response carrying IoT Studio's error object ``{"error": {status, message, details}}``."""
+def error_body(status: int, message: str, details: dict[str, Any] | None = None, *,
+               kind: str = "", where: str = "") -> Response:
+    """A response carrying IoT Studio's error object ``{"error": {status, message, details}}``.
+
+    ``kind`` and ``where`` (file:line) describe the failure for the bridge's log.
+    """
     error: dict[str, Any] = {"status": status, "message": message}
     if details:
         error["details"] = details
-    data = {"error": error}
-    return Response(status, [], json.dumps(data, ensure_ascii=False).encode(), JSON_TYPE, data)
+    # backslashreplace: a lone surrogate in a message stays a valid JSON escape.
+    body = json.dumps({"error": error}, ensure_ascii=False).encode("utf-8", "backslashreplace")
+    return Response(status, [], body, JSON_TYPE, True, Failure(kind or ERROR_KINDS.get(status, "Error"), message, where))
+
+
+ERROR_KINDS = {400: "BadRequest", 405: "MethodNotAllowed", 413: "PayloadTooLarge", 431: "HeadersTooLarge",
+               500: "Error", 503: "Unavailable", 504: "Timeout"}
 
 
 def error_response(exc: BaseException, source_file: str | None = None) -> Response:
@@ -184,7 +209,8 @@ def error_response(exc: BaseException, source_file: str | None = None) -> Respon
         "exception_line_number": line,
         "exception_line_code": code,
     }
-    return error_body(500, f"{kind} at line {line}: {info}", details)
+    where = f"{frame.filename}:{line}" if frame else ""
+    return error_body(500, f"{kind} at line {line}: {info}", details, kind=kind, where=where)
 
 
 def header_map(headers: list[tuple[str, str]]) -> dict[str, str]:

@@ -12,22 +12,20 @@ import asyncio
 import logging
 import signal
 
-import swx
-
 from . import runtime, secretstore, systemd
+from .config import BridgeConfig, environment, load_config
+from .crashguard import CrashGuard
+from .dispatch import Dispatcher, Route
+from .errors import BridgeError, ConfigError
+from .functions import FunctionInfo, Unavailable, module_path, split_spec
+from .http import HttpServer
 from .iotstudio import client as api_client
 from .iotstudio.automation import ThingWriter
-from .config import BridgeConfig, environment, load_config
-from .contract import Context
-from .dispatch import Dispatcher, Route
-from .errors import BridgeError, ConfigError, HandlerLoadError
-from .replystore import ReplyStore
-from .stats import Stats
-from .functions import Function, Unavailable, load_function, module_path, split_spec
-from .http import HttpServer
 from .link import BrokerLink
 from .message import Subscription
-from .workers import WorkerPool
+from .replystore import ReplyStore
+from .stats import Stats
+from .workers import Executor, make_executor
 
 log = logging.getLogger("bridge.daemon")
 
@@ -45,41 +43,30 @@ def check_handler_files(config: BridgeConfig) -> None:
             )
 
 
-def load_routes(config: BridgeConfig, *, reload: bool = False) -> list[Route]:
-    """Load every route's function. A module that fails to import makes its route answer 503."""
-    check_handler_files(config)
+def build_routes(config: BridgeConfig, functions: dict[str, FunctionInfo | Unavailable]) -> list[Route]:
+    """The routes of ``config`` with what the executor loaded; a failed import answers 503."""
     routes: list[Route] = []
     for i, rc in enumerate(config.routes):
-        function: Function | Unavailable | None = None
-        if rc.handler is not None:
-            try:
-                function = load_function(config.handlers_dir, rc.handler, reload=reload)
-            except HandlerLoadError as exc:
-                log.error("routes[%d] (%s): %s; the route answers 503", i, rc.topic, exc)
-                function = Unavailable(rc.handler, str(exc))
-        pool = None
-        if isinstance(function, Function) and not function.is_async:
-            pool = WorkerPool(rc.handler or f"route{i}", rc.concurrency)
-        routes.append(Route(i, rc, function, pool))
+        function = functions.get(rc.handler) if rc.handler is not None else None
+        if isinstance(function, Unavailable):
+            log.error("routes[%d] (%s): %s; the route answers 503", i, rc.topic, function.reason)
+        routes.append(Route(i, rc, function))
     return routes
 
 
-def _configure_packages(config: BridgeConfig) -> None:
-    """Point what functions import (bridge.runtime, function.secrets, swx) at ``config``."""
-    runtime.configure(config)
-    secretstore.configure(config.secrets.dir)
-    swx.configure(config.iot_studio.api_url)
+def _subscriptions(routes: list[Route]) -> list[Subscription]:
+    return [Subscription(r.config.topic, r.config.qos) for r in routes]
 
 
 class Bridge:
-    """The running daemon: the broker link, one dispatcher, the loaded routes."""
+    """The running daemon: the broker link, one dispatcher, the executor running functions."""
 
     def __init__(self, config: BridgeConfig, config_path: str | None = None) -> None:
         self.config = config
         self.config_path = config_path
-        _configure_packages(config)  # before functions import: they may read it
+        check_handler_files(config)
+        runtime.configure(config)
         self.password = self._broker_password()
-        self.routes = load_routes(config)
         api = api_client.configure(config.iot_studio)
         self.things: ThingWriter | None = None
         if any(r.thing is not None for r in config.routes):
@@ -88,8 +75,11 @@ class Bridge:
                 if route.thing is not None:
                     self.things.check(route.thing)
         self._stop = asyncio.Event()
+        self.routes: list[Route] = []
         self.dispatcher: Dispatcher | None = None
         self.link: BrokerLink | None = None
+        self.executor: Executor | None = None
+        self._reloading: asyncio.Lock | None = None
         self.notifier = systemd.Notifier.from_environment()  # no-op unless run by systemd
         # -- the HTTP side (bridge.http) reads these --
         self.stats = Stats()
@@ -114,40 +104,47 @@ class Bridge:
             raise ConfigError(f"{key}: no secret named {name!r}", key=key)
         return store.get(name)
 
-    def reload(self) -> None:
-        """SIGHUP: re-read the config and re-import the functions; the MQTT session stays.
+    def request_reload(self) -> None:
+        """SIGHUP: reload in the background; the event loop keeps serving meanwhile."""
+        if self._reloading is None:
+            return
+        asyncio.get_running_loop().create_task(self.reload(), name="reload")
 
-        A config that does not validate (or names a missing module) is logged and ignored: the
-        running configuration keeps serving.  ``[mqtt]`` changes need a restart.
+    async def reload(self) -> None:
+        """Re-read the config and re-import the functions; the MQTT session stays.
+
+        The new functions are imported off the event loop (in new worker processes, or on a
+        thread), so MQTT and the watchdog carry on.  A config that does not validate (or
+        names a missing module) is logged and ignored: the running configuration keeps
+        serving.  ``[mqtt]``, ``[workers]`` and ``[http]`` changes need a restart.
         """
-        if self.config_path is None or self.dispatcher is None or self.link is None:
+        if self.config_path is None or self.dispatcher is None or self.link is None or self.executor is None:
             log.warning("reload requested but the bridge is not running from a config file")
             return
-        with self.notifier.reloading("reloading configuration", "serving"):
-            try:
-                config = load_config(self.config_path)
-                if config.mqtt != self.config.mqtt:
-                    log.warning("[mqtt] changes take effect after a restart; the connection is kept as it is")
-                    config = config.model_copy(update={"mqtt": self.config.mqtt})
-                if config.http != self.config.http:
-                    log.warning("[http] changes take effect after a restart")
-                    config = config.model_copy(update={"http": self.config.http})
-                if any(r.thing is not None for r in config.routes) and self.things is None:
-                    raise ConfigError("Thing routes added by a reload need a restart")
-                _configure_packages(config)
-                routes = load_routes(config, reload=True)
-            except BridgeError as exc:
-                _configure_packages(self.config)
-                log.error("reload failed; still serving the previous configuration: %s", exc)
-                return
-            old = self.routes
-            self.config, self.routes = config, routes
-            self.dispatcher.set_routes(config, routes)
-            self.link.set_subscriptions([Subscription(r.config.topic, r.config.qos) for r in routes])
-            for route in old:
-                if route.pool is not None:
-                    route.pool.shutdown()  # its queued calls still run first
-            log.info("reloaded %s: %d route(s)", self.config_path, len(routes))
+        assert self._reloading is not None
+        async with self._reloading:
+            with self.notifier.reloading("reloading configuration", "serving"):
+                try:
+                    config = load_config(self.config_path)
+                    for section in ("mqtt", "workers", "http"):
+                        if getattr(config, section) != getattr(self.config, section):
+                            log.warning("[%s] changes take effect after a restart; kept as they are", section)
+                            config = config.model_copy(update={section: getattr(self.config, section)})
+                    if any(r.thing is not None for r in config.routes) and self.things is None:
+                        raise ConfigError("Thing routes added by a reload need a restart")
+                    check_handler_files(config)
+                    functions = await self.executor.load(config, reload=True)
+                except BridgeError as exc:
+                    runtime.configure(self.config)
+                    log.error("reload failed; still serving the previous configuration: %s", exc)
+                    return
+                runtime.configure(config)
+                routes = build_routes(config, functions)
+                self.executor.commit()
+                self.config, self.routes = config, routes
+                self.dispatcher.set_routes(config, routes)
+                self.link.set_subscriptions(_subscriptions(routes))
+                log.info("reloaded %s: %d route(s)", self.config_path, len(routes))
 
     def stop(self) -> None:
         """Begin a graceful shutdown (safe to call from a signal handler)."""
@@ -162,10 +159,32 @@ class Bridge:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         env = environment()
+        self._reloading = asyncio.Lock()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        self.notifier.start_watchdog(loop)  # pinged from this loop: a blocked loop stops it
+        if self.config.http.listen:
+            self.http = HttpServer(self, self.http_token)
+            await self.http.start()  # before loading: /__/health says "starting" meanwhile
         dispatcher_ref: list[Dispatcher] = []
+        executor = make_executor(self.config, loop, env.hostname,
+                                 on_start=lambda job: dispatcher_ref[0].started(job),
+                                 on_result=lambda job, response: dispatcher_ref[0].completed(job, response),
+                                 flush=lambda: dispatcher_ref and dispatcher_ref[0].publisher.flush())
+        self.executor = executor
+        log.info("loading %d function(s) in %s mode", len({r.handler for r in self.config.routes if r.handler}),
+                 self.config.workers.mode)
+        try:
+            functions = await executor.load(self.config)
+        except BridgeError:
+            await executor.close(0)
+            raise
+        executor.commit()
+        self.routes = build_routes(self.config, functions)
         link = BrokerLink(
             self.config.mqtt,
-            [Subscription(r.config.topic, r.config.qos) for r in self.routes],
+            _subscriptions(self.routes),
             on_message=lambda m: dispatcher_ref[0].handle(m),
             on_published=lambda mid: dispatcher_ref[0].ledger.published(mid),
             receive_maximum=self.config.limits.max_in_flight,
@@ -175,20 +194,15 @@ class Bridge:
             on_released=lambda mid: dispatcher_ref[0].ledger.released(mid),
             on_connected=lambda: dispatcher_ref[0].ledger.connected(),
         )
-        replies = ReplyStore(self.config.replies.store, max_age=self.config.mqtt.session_expiry)
-        dispatcher = Dispatcher(self.config, self.routes, link, loop, Context(env.hostname),
-                                things=self.things, replies=replies, stats=self.stats)
+        store = self.config.replies.store
+        replies = ReplyStore(store, max_age=self.config.mqtt.session_expiry)
+        guard = CrashGuard(store.with_name("attempts.db"), max_age=self.config.mqtt.session_expiry)
+        dispatcher = Dispatcher(self.config, self.routes, link, loop, executor,
+                                things=self.things, replies=replies, guard=guard, stats=self.stats)
         if self.things is not None:
             self.things.start()  # also delivers what a previous run left in the outbox
         dispatcher_ref.append(dispatcher)
         self.link, self.dispatcher = link, dispatcher
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
-        self.notifier.start_watchdog(loop)  # pinged from this loop: a blocked loop stops it
-        if self.config.http.listen:
-            self.http = HttpServer(self, self.http_token)
-            await self.http.start()  # before connecting: /__/health says "starting" meanwhile
         runner = asyncio.create_task(link.run(), name="mqtt")
         if self.config.logging.log_payloads:
             log.warning("logging.log_payloads is on: message payloads (and any secret in them) go to the log")
@@ -211,13 +225,12 @@ class Bridge:
             await self.http.close(min(self.config.limits.shutdown_grace, 5.0))
         await link.close()
         runner.cancel()
-        for route in self.routes:
-            if route.pool is not None:
-                route.pool.shutdown()
+        await executor.close(grace=1.0)
         self.notifier.close()
         if self.things is not None:
             self.things.close()  # undelivered updates stay in the outbox for the next start
         api_client.shutdown()  # revokes cached tokens
         replies.close()
+        guard.close()
         log.info("stopped")
         return 0

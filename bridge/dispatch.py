@@ -17,24 +17,24 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from time import monotonic
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .codec import check_request, encode_reply, event_from_message
 from .config import BridgeConfig, RouteConfig
-from .contract import Context, Event, Response, error_body
+from .contract import Event, Response, error_body
+from .crashguard import CrashGuard
 from .delivery import Held, Ledger, Link
+from .functions import FunctionInfo, Unavailable
 from .iotstudio.automation import ThingSink, write_thing
-from .functions import Function, Unavailable, respond, respond_async
-from .logs import current_function
 from .message import Inbound, Outbound
 from .replystore import ReplyStore
 from .routing import ReplyPolicy, matches
 from .stats import REJECTION_REASONS, RouteStats, Stats
-from .workers import WorkerPool
+from .workers import Executor
 
 log = logging.getLogger("bridge.dispatch")
+access_log = logging.getLogger("bridge.access")
 
 
 class Publisher(Link, Protocol):
@@ -47,12 +47,17 @@ class Publisher(Link, Protocol):
 
 @dataclass(eq=False)
 class Route:
-    """A configured route with its loaded function (None: a no-code Thing route)."""
+    """A configured route and what is known of its function (None: a no-code Thing route).
+
+    At most ``config.concurrency`` of its calls run at once; the rest wait in ``pending``,
+    their timeout not yet running.
+    """
 
     index: int
     config: RouteConfig
-    function: Function | Unavailable | None
-    pool: WorkerPool | None = None
+    function: FunctionInfo | Unavailable | None
+    active: int = 0
+    pending: deque["Job"] = field(default_factory=deque)
     stats: RouteStats = None  # type: ignore[assignment]  (set by the dispatcher)
 
 
@@ -60,10 +65,12 @@ class Route:
 class Job(Held):
     route: Route = None  # type: ignore[assignment]  (always given)
     reply_to: str | None = None
-    done: bool = False
-    running: bool = False
+    arrived: float = 0.0  # loop time
+    done: bool = False  # answered
+    running: bool = False  # holds one of its route's concurrency slots
     timer: asyncio.TimerHandle | None = None
-    arrived: float = 0.0  # monotonic(); the request duration metric starts here
+    call: Any = None  # the executor's handle on the running call
+    guard_key: str | None = None  # counted by the crash guard (a redelivered request)
     event: Event | None = None  # an HTTP call's Event (see Dispatcher.call); else built from msg
     caller: asyncio.Future[Response] | None = None  # an HTTP call is answered here, not over MQTT
 
@@ -74,16 +81,16 @@ class Dispatcher:
     routes: list[Route]
     publisher: Publisher
     loop: asyncio.AbstractEventLoop
-    context: Context = field(default_factory=Context)
+    executor: Executor | None = None
     things: ThingSink | None = None
     replies: ReplyStore | None = None
+    guard: CrashGuard | None = None
     stats: Stats = field(default_factory=Stats)
     in_flight: int = 0
     _paused: bool = False
     _closing: bool = False  # shutting down: intake stays stopped
-    _completed: deque[tuple[Job, Response]] = field(default_factory=deque)  # from worker threads
-    _wake_pending: bool = False
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
+    _held: dict[int, Job] = field(default_factory=dict)  # id -> unanswered job (for shutdown)
 
     def __post_init__(self) -> None:
         self._idle.set()
@@ -96,8 +103,9 @@ class Dispatcher:
         self._resume_at = max(self._max * 3 // 4, self._max - 1)
         self._reply_policy = ReplyPolicy(self.config.replies.allowed_topics, [r.config.topic for r in self.routes])
         self._log_payloads = self.config.logging.log_payloads
+        self._access = self.config.logging.access
         for route in self.routes:
-            source = route.function.source_file if isinstance(route.function, Function) else None
+            source = route.function.source_file if isinstance(route.function, FunctionInfo) else None
             route.stats = self.stats.route(route.config.topic, route.config.handler, source)
 
     # -- intake -------------------------------------------------------------------------------
@@ -128,7 +136,7 @@ class Dispatcher:
             self.stats.refused("no_route")
             self.ledger.ignore(msg)
             return
-        job = Job(msg, route=route, reply_to=self._reply_topic(msg, route), arrived=monotonic())
+        job = Job(msg, route=route, reply_to=self._reply_topic(msg, route), arrived=self.loop.time())
         self._take(job)
         stored = self.ledger.hold(job)
         if stored is not None:
@@ -136,56 +144,58 @@ class Dispatcher:
             job.done = True
             self.ledger.send(job, stored)
             return
+        if msg.dup and msg.qos and self.guard is not None:
+            admitted, job.guard_key = self.guard.admit(msg)
+            if not admitted:
+                self._finish(job, error_body(500, "this request crashed the bridge twice; not run again",
+                                             kind="CrashLoop"))
+                return
         rejection = check_request(msg, self.config.limits.max_payload)
         if rejection is not None:
             self.stats.refused(REJECTION_REASONS.get(rejection.status, "method"))
             self._finish(job, rejection)
         else:
-            self._start(job)
+            self._run(job)
 
     def call(self, route: Route, event: Event) -> asyncio.Future[Response]:
         """Run ``route``'s function on ``event`` as an MQTT request on that route is run (the
         HTTP front end's only way in; event loop thread).
 
-        Same workers, timeout, ``limits.max_in_flight`` slot, logging, metrics and result
-        rules; ``await`` the returned future for the Response.  The future is already done
-        when the request is refused without running: at the in-flight bound (429), shutting
-        down (503), or a function that is unavailable or busy (503).
+        Same executor, concurrency, timeout, ``limits.max_in_flight`` slot, logging, metrics
+        and result rules; ``await`` the returned future for the Response.  The future is
+        already done when the request is refused without running: at the in-flight bound
+        (429), shutting down (503), or a function that failed to import (503).
         """
         future: asyncio.Future[Response] = self.loop.create_future()
         if self._closing:
             self.stats.refused("shutting_down")
-            future.set_result(error_body(503, "the bridge is shutting down"))
+            future.set_result(error_body(503, "the bridge is shutting down", kind="ShuttingDown"))
         elif self.in_flight >= self._max:
             self.stats.refused("max_in_flight")
-            future.set_result(error_body(429, f"{self.in_flight} requests in flight: at limits.max_in_flight"))
+            future.set_result(error_body(429, f"{self.in_flight} requests in flight: at limits.max_in_flight",
+                                         kind="TooManyRequests"))
         else:
             # The route's topic stands in for the MQTT topic in logs and Thing writes.
-            job = Job(Inbound(route.config.topic, event.body), route=route, arrived=monotonic(),
+            job = Job(Inbound(route.config.topic, event.body), route=route, arrived=self.loop.time(),
                       event=event, caller=future)
             self._take(job)
-            self._start(job)
+            self._run(job)
         return future
 
-    def _start(self, job: Job) -> None:
-        """Run the job's function in its style (MQTT requests and HTTP calls alike)."""
+    def _run(self, job: Job) -> None:
+        """Start the job's function, queue it for a concurrency slot, or answer why it cannot
+        run (MQTT requests and HTTP calls alike)."""
         route, function = job.route, job.route.function
         if isinstance(function, Unavailable):
             self.stats.refused("unavailable")
-            self._finish(job, error_body(503, f"function {function.name} is unavailable: {function.reason}"))
+            self._finish(job, error_body(503, f"function {function.name} is unavailable: {function.reason}",
+                                         kind="ImportError"))
         elif function is None:  # a no-code Thing route: the payload is the update
-            self._finish(job, write_thing(self.things, route.config.thing, job.msg, None))
-        elif function.is_async:
-            job.running = True
-            self.loop.create_task(self._run_async(job, function))
+            self._finish(job, write_thing(self.things, route.config.thing, job.msg, None))  # type: ignore[arg-type]
+        elif route.active < route.config.concurrency:
+            self._start(job)
         else:
-            assert route.pool is not None
-            if route.pool.stuck >= route.pool.size:
-                self.stats.refused("busy")
-                self._finish(job, error_body(503, f"function {function.name} is busy: every worker is stuck in a timed-out call"))
-                return
-            job.timer = self.loop.call_later(route.config.timeout, self._expire, job)
-            route.pool.submit(self._run_sync, job, function)
+            route.pending.append(job)
 
     def _reply_topic(self, msg: Inbound, route: Route) -> str | None:
         if msg.response_topic is not None:
@@ -204,96 +214,112 @@ class Dispatcher:
 
     def _take(self, job: Job) -> None:
         self.in_flight += 1
+        self._held[id(job)] = job
         self._idle.clear()
         if self.in_flight >= self._max and not self._paused:
             self._paused = True
             self.publisher.pause()
 
     # -- running ------------------------------------------------------------------------------
-    def _invoke(self, job: Job, function: Function) -> Any:
-        event = job.event if job.event is not None else event_from_message(job.msg)
-        return function.call(event, self.context)
-
-    def _run_sync(self, job: Job, function: Function) -> None:
-        """Worker thread: call the function and hand the outcome to the loop."""
-        if job.done:  # answered as timed out while it waited for a worker
-            return
+    def _start(self, job: Job) -> None:
+        route = job.route
+        route.active += 1
         job.running = True
-        token = current_function.set(function.name)
-        try:
-            response = respond(function, lambda: self._invoke(job, function))
-        finally:
-            current_function.reset(token)
-        # One loop wake-up serves every result that completed meanwhile.
-        self._completed.append((job, response))
-        if not self._wake_pending:
-            self._wake_pending = True
-            self.loop.call_soon_threadsafe(self._drain_completed)
+        assert self.executor is not None and route.config.handler is not None
+        event = job.event if job.event is not None else event_from_message(job.msg)
+        self.executor.submit(job, route.config.handler, event)
 
-    def _drain_completed(self) -> None:
-        self._wake_pending = False  # before draining: a result appended later wakes us again
-        completed = self._completed
-        while completed:
-            self._finish(*completed.popleft())
-        self.publisher.flush()  # one write for the batch, without waiting a loop iteration
+    def started(self, job: Job) -> None:
+        """The executor started the call: its timeout counts from now."""
+        if not job.done:
+            job.timer = self.loop.call_later(job.route.config.timeout, self._expire, job)
 
-    async def _run_async(self, job: Job, function: Function) -> None:
-        current_function.set(function.name)
-        try:
-            async with asyncio.timeout(job.route.config.timeout):
-                event = job.event if job.event is not None else event_from_message(job.msg)
-                response = await respond_async(function, event, self.context)
-        except TimeoutError:
-            response = self._timeout_response(job)
+    def completed(self, job: Job, response: Response) -> None:
+        """The executor's outcome of a call (on the event loop)."""
+        if job.done:
+            return  # answered already: it timed out
+        self._release(job)
         self._finish(job, response)
-        self.publisher.flush()
 
-    def _timeout_response(self, job: Job) -> Response:
-        return error_body(504, f"function {job.route.function.name} timed out after {job.route.config.timeout:g} s")  # type: ignore[union-attr]
+    def _release(self, job: Job) -> None:
+        """Give the job's concurrency slot to the next request waiting for it."""
+        if not job.running:
+            return
+        job.running = False
+        route = job.route
+        route.active -= 1
+        while route.pending and route.active < route.config.concurrency:
+            self._start(route.pending.popleft())
 
     def _expire(self, job: Job) -> None:
         if job.done:
             return
-        if job.running and job.route.pool is not None:
-            job.route.pool.stuck += 1
-            log.warning("function %s still running after its %g s timeout; its thread stays busy until it returns",
-                        job.route.function.name, job.route.config.timeout)  # type: ignore[union-attr]
-        self._finish(job, self._timeout_response(job))
+        assert self.executor is not None
+        self.executor.abandon(job)
+        self._release(job)
+        self._finish(job, error_body(504, f"function {job.route.config.handler} timed out after "
+                                          f"{job.route.config.timeout:g} s", kind="Timeout"))
+        self.publisher.flush()
 
     # -- replying -----------------------------------------------------------------------------
     def _finish(self, job: Job, response: Response) -> None:
-        if job.done:
-            # A sync call that returned after its timeout was answered: its thread is free again.
-            if job.route.pool is not None and job.running and job.route.pool.stuck > 0:
-                job.route.pool.stuck -= 1
-            log.info("function %s returned after its timeout; result discarded", job.route.config.handler)
-            return
+        """Answer ``job``.  Nothing raised here may reach the event loop: the request would be
+        neither answered nor acknowledged, and its slot would leak."""
         job.done = True
+        self._held.pop(id(job), None)
         if job.timer is not None:
             job.timer.cancel()
-        if job.route.config.thing is not None and response.status < 300 and job.route.function is not None:
-            response = write_thing(self.things, job.route.config.thing, job.msg, response)
-        if job.caller is not None:  # an HTTP call: answered there, nothing to publish or ack
-            if not job.caller.done():  # done: the caller gave up waiting
-                job.caller.set_result(response)
-            job.route.stats.done(response, job.arrived)
-            self._released_slot(job)
-            return
-        msg = job.msg
-        out: Outbound | None = None
-        if job.reply_to is not None:
-            try:
-                out = encode_reply(response, job.route.config.reply_format, job.reply_to, msg.qos, msg.correlation_data)
-            except Exception as exc:  # e.g. a header that cannot be encoded
-                out = encode_reply(error_body(500, f"reply could not be encoded: {exc}"), "json",
-                                   job.reply_to, msg.qos, msg.correlation_data)
-        else:
-            log.debug("%s -> %d (no reply topic)", msg.topic, response.status)
-        self.ledger.send(job, out)
-        job.route.stats.done(response, job.arrived)
+        try:
+            if job.route.config.thing is not None and response.status < 300 and job.route.function is not None:
+                response = write_thing(self.things, job.route.config.thing, job.msg, response)
+            self._report(job, response)
+            if job.caller is not None:  # an HTTP call: answered there, nothing to publish or ack
+                self._answer_call(job, response)
+                return
+            out = self._encode(job, response) if job.reply_to is not None else None
+        except Exception:
+            log.exception("answering a request on %s failed; acknowledged without a reply", job.msg.topic)
+            out = None
+        try:
+            self.ledger.send(job, out)
+        except Exception:
+            log.exception("publishing the reply to %s failed; acknowledged without a reply", job.reply_to)
+            self.ledger.send(job, None)
+        job.route.stats.done(response, self.loop.time() - job.arrived)
 
-    def _released_slot(self, _held: Held) -> None:
+    def _answer_call(self, job: Job, response: Response) -> None:
+        """Hand an HTTP call its response and free its slot (it has no ack to wait for)."""
+        assert job.caller is not None
+        if not job.caller.done():  # done: the caller gave up waiting
+            job.caller.set_result(response)
+        job.route.stats.done(response, self.loop.time() - job.arrived)
+        self._released_slot(job)
+
+    def _encode(self, job: Job, response: Response) -> Outbound:
+        msg, fmt = job.msg, job.route.config.reply_format
+        try:
+            return encode_reply(response, fmt, job.reply_to, msg.qos, msg.correlation_data)  # type: ignore[arg-type]
+        except Exception as exc:  # e.g. a header over 65,535 bytes, a lone surrogate
+            error = error_body(500, f"reply could not be encoded: {exc}", kind="ReplyEncodingError")
+            self._report(job, error)
+            return encode_reply(error, fmt, job.reply_to, msg.qos, msg.correlation_data)  # type: ignore[arg-type]
+
+    def _report(self, job: Job, response: Response) -> None:
+        """The bridge's log: every failure once at WARNING; with ``logging.access`` every request."""
+        failure = response.failure
+        if failure is not None:
+            where = f" ({failure.where})" if failure.where else ""
+            log.warning("request on %s for route %s, function %s: %d %s: %s%s", job.msg.topic, job.route.config.topic,
+                        job.route.config.handler or "-", response.status, failure.kind, failure.message, where)
+        if self._access:
+            access_log.info("%s %s %d %.1f ms", job.msg.topic, job.route.config.handler or "-", response.status,
+                            (self.loop.time() - job.arrived) * 1000)
+
+    def _released_slot(self, held: Held) -> None:
         """The ledger is done with a request: it no longer counts as in flight."""
+        key = held.guard_key  # type: ignore[attr-defined]
+        if key is not None and self.guard is not None:
+            self.guard.forget(key)
         self.in_flight -= 1
         if self.in_flight == 0:
             self._idle.set()
@@ -307,10 +333,18 @@ class Dispatcher:
         self.publisher.pause()
 
     async def drain(self, grace: float) -> bool:
-        """Wait up to ``grace`` seconds for every request to be answered and acknowledged."""
+        """Wait up to ``grace`` seconds for every request to be answered and acknowledged.
+
+        Requests still unanswered then are left to the broker, which redelivers them at the
+        next start; a clean shutdown is not a crash, so the crash guard does not count them.
+        """
         try:
             async with asyncio.timeout(grace):
                 await self._idle.wait()
             return True
         except TimeoutError:
+            if self.guard is not None:
+                for job in self._held.values():
+                    if job.msg.qos:
+                        self.guard.spare(job.msg, job.guard_key)
             return False

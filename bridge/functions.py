@@ -8,6 +8,7 @@ OpenFaaS's ``handle(event, context)``; ``async def`` functions are awaited.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.machinery
 import importlib.util
 import inspect
@@ -39,6 +40,20 @@ class Function:
         if self.wants_context:
             return self.func(event, context)
         return self.func(event)
+
+    @property
+    def info(self) -> "FunctionInfo":
+        return FunctionInfo(self.name, self.is_async, "openfaas" if self.wants_context else "iot-studio", self.source_file)
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionInfo:
+    """What the daemon knows of a loaded function, which may live in a worker process."""
+
+    name: str
+    is_async: bool
+    style: str  # "iot-studio" (handle(req)) or "openfaas" (handle(event, context))
+    source_file: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,11 +105,19 @@ def _import(module: str, path: Path, reload: bool) -> ModuleType:
     sys.modules[module] = mod
     try:
         spec.loader.exec_module(mod)
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 (SystemExit, KeyboardInterrupt at import too)
         sys.modules.pop(module, None)
-        last = traceback.format_exception_only(exc)[-1].strip()
-        raise HandlerLoadError(f"importing {path.name} failed: {last}") from exc
+        raise HandlerLoadError(f"importing {path.name} failed: {_import_failure(exc, path)}") from exc
     return mod
+
+
+def _import_failure(exc: BaseException, path: Path) -> str:
+    """What went wrong at import, with the file:line a developer must look at."""
+    if isinstance(exc, SyntaxError):
+        return f"{type(exc).__name__}: {exc.msg} ({Path(exc.filename or path).name}:{exc.lineno})"
+    last = traceback.format_exception_only(exc)[-1].strip()
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(path)]
+    return f"{last} ({path.name}:{frames[-1].lineno})" if frames else last
 
 
 def _positional_count(func: Callable[..., Any]) -> int | None:
@@ -141,17 +164,39 @@ def load_function(handlers_dir: Path, spec: str, *, reload: bool = False) -> Fun
     )
 
 
+def load_functions(handlers_dir: Path, specs: list[str], *, reload: bool = False,
+                   loading: Callable[[str], None] | None = None) -> dict[str, Function | Unavailable]:
+    """Load every handler in ``specs``; one that fails is :class:`Unavailable` with the reason.
+
+    ``loading(spec)`` is called before each import (a worker reports it, so that an import
+    that kills the process is blamed on its module).
+    """
+    out: dict[str, Function | Unavailable] = {}
+    for spec in specs:
+        if spec in out:
+            continue
+        if loading is not None:
+            loading(spec)
+        try:
+            out[spec] = load_function(handlers_dir, spec, reload=reload)
+        except HandlerLoadError as exc:
+            out[spec] = Unavailable(spec, str(exc))
+    return out
+
+
 def respond(function: Function, produce: Callable[[], Any]) -> Response:
     """Run ``produce`` (which calls ``function``) and apply the result rules to its outcome.
 
-    An exception becomes IoT Studio's 500 error object; a result that breaks the rules a 500
-    naming the bad value.
+    Whatever the function raises becomes IoT Studio's 500 error object, ``KeyboardInterrupt``,
+    ``SystemExit`` and other ``BaseException`` subclasses included: a function must never end
+    the process serving it.  A result that breaks the rules is a 500 naming the bad value.
     """
     try:
         return normalise(produce())
     except ResultError as exc:
-        return error_body(500, f"function {function.name} returned an invalid result: {exc}")
-    except (Exception, SystemExit) as exc:  # sys.exit() in a function must not end the bridge
+        return error_body(500, f"function {function.name} returned an invalid result: {exc}",
+                          kind="ResultError", where=function.source_file or "")
+    except BaseException as exc:  # noqa: BLE001 (see the docstring)
         return error_response(exc, function.source_file)
 
 
@@ -159,6 +204,8 @@ async def respond_async(function: Function, event: Event, context: Context) -> R
     """Await an ``async def`` function and apply the result rules, as :func:`respond` does."""
     try:
         result = await function.call(event, context)
-    except (Exception, SystemExit) as exc:
+    except asyncio.CancelledError:
+        raise  # the bridge cancelled it (a timeout): not the function's doing
+    except BaseException as exc:  # noqa: BLE001
         return error_response(exc, function.source_file)
     return respond(function, lambda: result)

@@ -48,6 +48,8 @@ def _varint(n: int) -> bytes:
 
 
 def _field(value: bytes) -> bytes:
+    if len(value) > 0xFFFF:
+        raise ValueError(f"a property of {len(value)} bytes exceeds MQTT's limit of 65,535")
     return len(value).to_bytes(2, "big") + value
 
 

@@ -8,9 +8,19 @@ _config: BridgeConfig | None = None
 
 
 def configure(config: BridgeConfig) -> None:
-    """Called once by the daemon at start."""
+    """Point what functions import (this module, function.secrets, swx) at ``config``.
+
+    Called where functions run, before they are imported (they may read it at import): by
+    the daemon in ``thread`` mode, by each worker process in ``process`` mode.
+    """
+    import swx
+
+    from . import secretstore
+
     global _config
     _config = config
+    secretstore.configure(config.secrets.dir)
+    swx.configure(config.iot_studio.api_url)
 
 
 def config() -> BridgeConfig | None:

@@ -36,7 +36,7 @@ _BOUNDS: tuple[float, ...] = tuple(1e-5 * 1.1 ** i for i in range(190))
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                     10.0, 30.0, 60.0)
 # Why a request was answered without running its function (iot_bridge_refused_total{reason}).
-REFUSALS = ("no_route", "payload_too_large", "properties_too_large", "method", "unavailable", "busy",
+REFUSALS = ("no_route", "payload_too_large", "properties_too_large", "method", "unavailable",
             "max_in_flight", "shutting_down", "reply_topic", "unauthorized")
 # The bridge's own refusals of a request, by the status it answers (bridge.codec.check_request).
 REJECTION_REASONS = {413: "payload_too_large", 431: "properties_too_large", 405: "method"}
@@ -88,7 +88,7 @@ class LastError:
 
     type: str  # exception type, or what the bridge answered (Timeout, Unavailable, ...)
     message: str
-    where: str  # file:line in the function's module, "" when not from an exception
+    where: str  # file:line in the function's module, "" when not known
     when: float  # wall-clock time
 
 
@@ -107,11 +107,8 @@ class RouteStats:
         self._by_status: dict[int, Any] = {}  # status -> cached Prometheus child
         self._duration = owner.duration.labels(topic, function)
 
-    def done(self, response: Response, arrived: float) -> None:
-        """A request of this route that arrived at ``arrived`` (``time.monotonic()``) was
-        answered with ``response`` just now."""
-        now = time.monotonic()
-        seconds = now - arrived
+    def done(self, response: Response, seconds: float) -> None:
+        """A request of this route was answered with ``response``, ``seconds`` after it arrived."""
         status = response.status
         child = self._by_status.get(status)
         if child is None:
@@ -119,9 +116,10 @@ class RouteStats:
         child.inc()
         self._duration.observe(seconds)
         self.requests += 1
-        self.window.add(seconds, now)
+        self.window.add(seconds, time.monotonic())
         if status >= 500:
-            if status == 504:
+            failure = response.failure
+            if failure is not None and failure.kind == "Timeout":
                 self.timeouts += 1
             else:
                 self.errors += 1
@@ -165,36 +163,37 @@ class Stats:
 
     def failed(self, route: RouteStats, response: Response) -> None:
         """Keep a 5xx answer as the function's last error (off the per-request fast path)."""
-        error = response.data.get("error", {}) if isinstance(response.data, dict) else {}
-        details = error.get("details") or {}
-        message = str(error.get("message", "")) or f"status {response.status}"
-        if "exception_type" in details:
-            kind = str(details["exception_type"])
-            message = str(details.get("exception_info", message))
-            file = os.path.basename(route.source_file) if route.source_file else "?"
-            where = f"{file}:{details.get('exception_line_number', '?')}"
+        failure = response.failure
+        if failure is None:  # the function chose a 5xx status itself
+            kind, message, where = f"status {response.status}", f"the function answered {response.status}", ""
         else:
-            kind, where = _KINDS.get(response.status, f"HTTP {response.status}"), ""
+            kind, message, where = failure.kind, failure.message, failure.where
+            data = response.data
+            details = (data.get("error") or {}).get("details") or {} if isinstance(data, dict) else {}
+            if "exception_info" in details:  # the message without "Type at line N:"
+                message = str(details["exception_info"])
+            if where:
+                path, _, line = where.rpartition(":")
+                where = f"{os.path.basename(path)}:{line}"
         self.last_errors[route.function] = LastError(kind, message, where, time.time())
 
 
-_KINDS = {500: "Error", 503: "Unavailable", 504: "Timeout"}
-
-# -- worker restarts: counted here, for whatever runs functions in worker processes ------------
-_restarts: dict[str, int] = {}
+# -- worker restarts: counted here by the code that runs functions in worker processes ---------
+_restarts = 0
 _restarts_lock = threading.Lock()
 
 
-def worker_restarted(function: str = "") -> None:
-    """Count one replaced worker process (``function``: the handler it ran, if one).
+def worker_restarted() -> None:
+    """Count one replaced worker process (after a death, a timeout or a blocked loop).
 
-    Thread-safe; exported as ``iot_bridge_worker_restarts_total{function}``.
+    Thread-safe; exported as ``iot_bridge_worker_restarts_total``.
     """
+    global _restarts
     with _restarts_lock:
-        _restarts[function] = _restarts.get(function, 0) + 1
+        _restarts += 1
 
 
-def worker_restarts() -> dict[str, int]:
-    """Restarts so far, by function."""
+def worker_restarts() -> int:
+    """Worker processes replaced so far."""
     with _restarts_lock:
-        return dict(_restarts)
+        return _restarts

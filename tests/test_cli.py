@@ -120,7 +120,7 @@ def test_check_lists_every_broken_function_and_exits_1(project, capfd):
     assert run("check", "--config", config) == 1
     out = capfd.readouterr().out.splitlines()
     assert out == [
-        "routes[1].handler (cli_raises): importing cli_raises.py failed: ImportError: No module named requests_oauth",
+        "routes[1].handler (cli_raises): importing cli_raises.py failed: ImportError: No module named requests_oauth (cli_raises.py:1)",
         f"routes[2].handler (cli_missing): no module 'cli_missing' in {project.handlers}",
         "routes[3].handler (cli_noentry): cli_noentry.py has no function handle or handle_async",
         "routes[4].handler (cli_good:other): cli_good.py has no function other",

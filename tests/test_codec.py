@@ -194,3 +194,29 @@ def test_encode_reply_body_format_carries_raw_bytes_and_the_status():
     assert out.payload == b"\xff\xfe"
     assert out.content_type == "application/octet-stream"
     assert out.user_properties == [("status", "500")]
+
+
+def test_the_bridges_own_headers_win_over_user_properties_of_those_names():
+    msg = _msg(b"abc", topic="sensors/t", content_type="text/csv",
+               user_properties=[("X-Topic", "admin/secret"), ("content-length", "999"), ("Content-Type", "x/evil"),
+                                ("X-Tag", "kept")])
+    headers = event_from_message(msg).headers
+    assert headers.getlist("X-Topic") == ["sensors/t"]
+    assert headers.getlist("Content-Length") == ["3"]
+    assert headers.getlist("Content-Type") == ["text/csv"]
+    assert headers["X-Tag"] == "kept"
+
+
+def test_a_content_type_user_property_stays_when_the_message_has_none():
+    headers = event_from_message(_msg(b"{}", user_properties=[("Content-Type", "application/json")])).headers
+    assert headers.getlist("Content-Type") == ["application/json"]
+
+
+@pytest.mark.parametrize("resp", [
+    Response(200, [("X-Big", "v" * 70000)], b"x"),
+    Response(200, [("X-Bad", "\udcff")], b"x"),
+    Response(200, [], b"x", content_type="text/\ud800"),
+])
+def test_a_reply_that_cannot_travel_as_mqtt_properties_is_refused_by_the_encoder(resp):
+    with pytest.raises(ValueError):
+        encode_reply(resp, "body", "out/t", 1, None)

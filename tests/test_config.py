@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -254,3 +255,28 @@ def test_config_is_frozen(tmp_path):
     with pytest.raises(ValidationError):
         config.routes[0].qos = 2  # type: ignore[misc]
     assert config.routes[0].qos == 1
+
+
+def test_two_routes_with_the_same_topic_filter_exit_2_naming_the_second():
+    with pytest.raises(ConfigError) as info:
+        parse_config({"routes": [{"topic": "a/+", "handler": "x"}, {"topic": "b", "handler": "y"},
+                                 {"topic": "a/+", "handler": "z"}]}, Path("."))
+    assert info.value.key == "routes[2].topic"
+    assert "already the topic of routes[0]" in str(info.value)
+
+
+@pytest.mark.parametrize("handler", ["/srv/elsewhere/evil", "../outside", "pkg/mod", "a:b:c", "mod.", "1mod"])
+def test_a_handler_that_is_not_a_module_name_in_handlers_dir_is_refused(handler):
+    with pytest.raises(ConfigError) as info:
+        parse_config({"routes": [{"topic": "a", "handler": handler}]}, Path("."))
+    assert info.value.key == "routes[0].handler"
+    assert "no paths" in str(info.value)
+
+
+def test_workers_defaults_and_limits():
+    config = parse_config({}, Path("."))
+    assert (config.workers.mode, config.workers.memory_limit_mb) == ("process", 512)
+    assert config.workers.processes == len(os.sched_getaffinity(0))
+    with pytest.raises(ConfigError) as info:
+        parse_config({"workers": {"mode": "fork"}}, Path("."))
+    assert info.value.key == "workers.mode"

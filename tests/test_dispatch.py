@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 from bridge.config import parse_config
-from bridge.daemon import load_routes
 from bridge.dispatch import Dispatcher
 from bridge.message import Inbound
 from tests.conftest import TEST_HANDLERS
+from tests.support import dispatching
 from tests.support.recorder import Recorder
 
 
@@ -18,7 +18,7 @@ def test_work_from_a_lost_session_never_acknowledges_its_old_packet_id():
 
     async def scenario() -> tuple[Recorder, list[int]]:
         recorder = Recorder()
-        dispatcher = Dispatcher(config, load_routes(config), recorder, asyncio.get_running_loop())  # type: ignore[arg-type]
+        dispatcher = dispatching.dispatcher(config, recorder)
         dispatcher.handle(Inbound("w", b"0.1", qos=1, mid=1))  # A, running
         dispatcher.ledger.session_lost()  # the broker came back without the session
         dispatcher.handle(Inbound("w", b"0.5", qos=1, mid=1))  # B: a new message, the same id
@@ -44,7 +44,7 @@ def test_a_request_finished_while_the_request_connection_is_down_is_acknowledged
 
     async def scenario() -> tuple[Recorder, list[int]]:
         recorder = Recorder()
-        dispatcher = Dispatcher(SLOW, load_routes(SLOW), recorder, asyncio.get_running_loop())  # type: ignore[arg-type]
+        dispatcher = dispatching.dispatcher(SLOW, recorder)
         recorder.can_ack = False  # the request connection dropped
         dispatcher.handle(Inbound("w", b"0", qos=1, mid=7))
         assert await dispatcher.drain(5)  # answered, so it no longer counts as in flight
@@ -63,7 +63,7 @@ def test_a_request_finished_while_the_request_connection_is_down_is_acknowledged
 def test_replies_made_while_the_reply_connection_is_down_go_out_when_it_is_back():
     async def scenario() -> tuple[Recorder, int, list[int]]:
         recorder = Recorder()
-        dispatcher = Dispatcher(SLOW, load_routes(SLOW), recorder, asyncio.get_running_loop())  # type: ignore[arg-type]
+        dispatcher = dispatching.dispatcher(SLOW, recorder)
         recorder.can_publish = False
         dispatcher.handle(Inbound("w", b"0", qos=1, mid=3))
         async with asyncio.timeout(5):
@@ -86,7 +86,7 @@ def test_work_that_finishes_before_its_redelivered_copy_arrives_is_not_run_again
 
     async def scenario() -> tuple[Recorder, list[int]]:
         recorder = Recorder()
-        dispatcher = Dispatcher(SLOW, load_routes(SLOW), recorder, asyncio.get_running_loop())  # type: ignore[arg-type]
+        dispatcher = dispatching.dispatcher(SLOW, recorder)
         dispatcher.handle(Inbound("w", b"0.05", qos=1, mid=9))  # running when the connection drops
         dispatcher.ledger.session_resumed()  # and it came back with the session
         assert await dispatcher.drain(5)  # finished and answered before the copy was read
@@ -102,7 +102,7 @@ def test_work_that_finishes_before_its_redelivered_copy_arrives_is_not_run_again
 
 
 def _dispatcher(recorder: Recorder, config=SLOW) -> Dispatcher:
-    return Dispatcher(config, load_routes(config), recorder, asyncio.get_running_loop())  # type: ignore[arg-type]
+    return dispatching.dispatcher(config, recorder)
 
 
 def test_a_qos2_request_finished_while_disconnected_is_completed_when_the_session_resumes():

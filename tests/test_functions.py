@@ -16,7 +16,7 @@ import pytest
 from bridge.contract import Context, Event
 from bridge.errors import HandlerLoadError
 from bridge.functions import Function, Unavailable, load_function, respond, respond_async
-from bridge.workers import WorkerPool
+from bridge.workers.local import ThreadPool as WorkerPool
 
 WAIT = 5.0  # seconds: upper bound for a condition that holds at once when the code is right
 
@@ -203,7 +203,8 @@ def test_module_that_raises_on_import(tmp_path):
     for _ in range(2):  # not cached: a second load fails the same way
         with pytest.raises(HandlerLoadError) as info:
             load_function(tmp_path, "broken1")
-        assert str(info.value) == "importing broken1.py failed: RuntimeError: no database configured"
+        # file:line names where the developer must look
+        assert str(info.value) == "importing broken1.py failed: RuntimeError: no database configured (broken1.py:1)"
         assert isinstance(info.value.__cause__, RuntimeError)
         assert "broken1" not in sys.modules
 
@@ -212,14 +213,14 @@ def test_module_with_a_syntax_error(tmp_path):
     _write(tmp_path, "syntax1.py", "def handle(req)\n    return None\n")
     with pytest.raises(HandlerLoadError) as info:
         load_function(tmp_path, "syntax1")
-    assert str(info.value).startswith("importing syntax1.py failed: SyntaxError:")
+    assert str(info.value) == "importing syntax1.py failed: SyntaxError: expected ':' (syntax1.py:1)"
 
 
 def test_module_that_exits_on_import(tmp_path):
     _write(tmp_path, "exits1.py", "import sys\nsys.exit(3)\n")
     with pytest.raises(HandlerLoadError) as info:
         load_function(tmp_path, "exits1")
-    assert str(info.value) == "importing exits1.py failed: SystemExit: 3"
+    assert str(info.value) == "importing exits1.py failed: SystemExit: 3 (exits1.py:2)"
 
 
 def test_module_name_clash_with_an_already_imported_module(tmp_path):

@@ -16,11 +16,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bridge.config import parse_config
-from bridge.daemon import load_routes
 from bridge.dispatch import Dispatcher
 from bridge.routing import matches
 from bridge.message import Subscription
 from bridge.transport import Connection
+from tests.support import dispatching
 from tests.support.recorder import Recorder
 from tests.conftest import TEST_HANDLERS
 
@@ -34,7 +34,7 @@ ROUTES = [
 ]
 CONFIG = parse_config({"handlers_dir": str(TEST_HANDLERS), "routes": ROUTES,
                        "replies": {"allowed_topics": ALLOWED}, "limits": {"max_payload": 4096}}, TEST_HANDLERS)
-LOADED = load_routes(CONFIG)
+FUNCTIONS = dispatching.load(CONFIG)
 
 
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=40)
@@ -69,7 +69,7 @@ def messages(draw):
 
 async def _run(batch: list[paho.MQTTMessage]) -> tuple[Recorder, Dispatcher]:
     recorder = Recorder()
-    dispatcher = Dispatcher(CONFIG, LOADED, recorder, asyncio.get_running_loop())  # type: ignore[arg-type]
+    dispatcher = dispatching.dispatcher(CONFIG, recorder, FUNCTIONS)
     requests = Connection(CONFIG.mqtt, client_id="fuzz", name="requests",
                           subscriptions=[Subscription(r["topic"], 1) for r in ROUTES], on_message=dispatcher.handle)
     for m in batch:

@@ -212,7 +212,7 @@ def test_metrics_count_what_was_sent(make_bridge, broker, topic_prefix):
     assert value(metrics, "iot_bridge_connected", connection="requests") == 1
     assert value(metrics, "iot_bridge_connected", connection="replies") == 1
     assert value(metrics, "iot_bridge_up") == 1
-    assert ("iot_bridge_worker_restarts_total", frozenset({("function", "sum")})) in metrics
+    assert ("iot_bridge_worker_restarts_total", frozenset()) in metrics
     big = rr(broker.port, f"{t}/sum", "1" * 101)  # over limits.max_payload
     assert big["status_code"] == 413
     too_big = requests.post(f"{base}/invoke/sum", data="1" * 101, timeout=10)

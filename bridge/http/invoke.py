@@ -66,9 +66,11 @@ async def _prepare(request: web.Request) -> "tuple[Route, Event] | web.Response"
         view.stats.refused("unauthorized")
         return _refusal(401, "a bearer token is required (Authorization: Bearer <token>)",
                         **{"WWW-Authenticate": 'Bearer realm="iot-bridge"'})
+    if view.dispatcher is None:
+        return _refusal(503, "the bridge is starting: its functions are loading", **{"Retry-After": "1"})
     name = request.match_info["function"]
     route = find_route(view, name)
-    if route is None or view.dispatcher is None:
+    if route is None:
         return _refusal(404, f"no function {name[:128]!r}: no route has it as its handler")
     if request.method not in METHODS:
         return _refusal(405, f"method {request.method[:32]!r} not allowed; use one of {', '.join(sorted(METHODS))}",

@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .. import stats as stats_module
-from ..functions import Function, Unavailable
+from ..functions import Unavailable
 from .health import verdict
 
 if TYPE_CHECKING:
@@ -58,25 +58,24 @@ class BridgeCollector(Collector):
     def _functions(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("iot_bridge_function_loaded",
                                "1 when the function imported, 0 when its route answers 503.", labels=["function"])
-        stuck = GaugeMetricFamily("iot_bridge_workers_stuck",
-                                  "Worker threads still busy with a call answered as timed out.", labels=["function"])
-        restarts = CounterMetricFamily("iot_bridge_worker_restarts", "Worker processes replaced.",
-                                       labels=["function"])
-        counted = stats_module.worker_restarts()
-        names: set[str] = set(counted)
+        names: set[str] = set()
         for route in self.view.routes:
             name = route.config.handler
-            if name is None or name in names:
-                continue
-            names.add(name)
-            up.add_metric([name], 0 if isinstance(route.function, Unavailable) else 1)
-            if isinstance(route.function, Function) and route.pool is not None:
-                stuck.add_metric([name], route.pool.stuck)
-        for name in sorted(names):
-            restarts.add_metric([name], counted.get(name, 0))
+            if name is not None and name not in names:
+                names.add(name)
+                up.add_metric([name], 0 if isinstance(route.function, Unavailable) else 1)
         yield up
-        yield stuck
-        yield restarts
+        workers = GaugeMetricFamily("iot_bridge_workers", "Worker processes (or the daemon's threads), by state.",
+                                    labels=["state"])
+        states: dict[str, int] = {}
+        for worker in self.view.executor.describe() if self.view.executor is not None else []:
+            states[worker["state"]] = states.get(worker["state"], 0) + 1
+        for state, count in sorted(states.items()):
+            workers.add_metric([state], count)
+        yield workers
+        yield CounterMetricFamily("iot_bridge_worker_restarts",
+                                  "Worker processes replaced after a death, a timeout or a blocked loop.",
+                                  value=stats_module.worker_restarts())
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

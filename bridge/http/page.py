@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from ..functions import Function, Unavailable
+from ..functions import FunctionInfo, Unavailable
 from ..link import reply_client_id
 from .health import verdict
 
@@ -61,8 +61,8 @@ def _table(headers: list[str], rows: list[list[tuple[str, str]]]) -> str:
 
 def _style_of(route: "Route") -> tuple[str, str]:
     function = route.function
-    if isinstance(function, Function):
-        return ("OpenFaaS" if function.wants_context else "IoT Studio"), ("async" if function.is_async else "sync")
+    if isinstance(function, FunctionInfo):
+        return ("OpenFaaS" if function.style == "openfaas" else "IoT Studio"), ("async" if function.is_async else "sync")
     if isinstance(function, Unavailable):
         return "unavailable", "–"
     return "Thing (no code)", "–"
@@ -128,6 +128,17 @@ def _work(view: "BridgeView") -> str:
     return "<ul>" + "".join(f"<li>{item}</li>" for item in items) + "</ul>"
 
 
+def _workers(view: "BridgeView") -> str:
+    executor = view.executor
+    if executor is None:
+        return '<p class="muted">Not started yet.</p>'
+    rows = [[(escape(str(w["name"])), ""), (str(w["pid"] or "–"), "n"), (escape(str(w["state"])), ""),
+             (str(w["calls"]), "n")] for w in executor.describe()]
+    where = "worker processes" if executor.mode == "process" else "threads of the daemon"
+    return (f"<p>Functions run in {where}; {executor.restarts} replaced since the start.</p>"
+            + _table(["Worker", "PID", "State", "Calls"], rows))
+
+
 def render(view: "BridgeView") -> str:
     """The whole page."""
     state, reason = verdict(view)
@@ -146,6 +157,7 @@ def render(view: "BridgeView") -> str:
 Refreshes every {REFRESH_SECONDS} s. <a href="/metrics">Metrics</a> · <a href="/__/health">Health</a></p>
 <h2>Broker</h2>{_broker(view)}
 <h2>Work</h2>{_work(view)}
+<h2>Workers</h2>{_workers(view)}
 <h2>Routes</h2>{routes}
 <p class="muted">Requests, errors (5xx other than 504) and timeouts (504) since the start, HTTP
 invocations included; the last three columns cover the last 5 minutes.</p>

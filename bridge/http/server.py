@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from ..dispatch import Dispatcher, Route
     from ..iotstudio.automation import ThingWriter
     from ..link import BrokerLink
+    from ..workers import Executor
 
 log = logging.getLogger("bridge.http")
 
@@ -39,6 +40,7 @@ class BridgeView(Protocol):
     dispatcher: "Dispatcher | None"
     link: "BrokerLink | None"
     things: "ThingWriter | None"
+    executor: "Executor | None"
     stats: Stats
     phase: str  # "starting" until READY, "serving", "stopping" from SIGTERM on
 

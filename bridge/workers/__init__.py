@@ -1,0 +1,61 @@
+"""Where functions run: worker processes (the default) or threads of the daemon.
+
+The dispatcher sees one :class:`Executor`, whichever ``[workers] mode`` is configured:
+
+* ``process`` (bridge.workers.pool): a supervised pool of worker processes; the daemon runs
+  no user code; crashes, hangs and memory hogs are contained and the worker replaced;
+* ``thread`` (bridge.workers.threads): in the daemon, for the smallest gateways.
+
+Both run a call the same way (bridge.workers.local), with the same contract and result rules
+(bridge.contract): only where the call runs differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable, Protocol
+
+from ..config import BridgeConfig
+from ..contract import Event, Response
+from ..functions import FunctionInfo, Unavailable
+
+
+class Executor(Protocol):
+    """Runs calls for the dispatcher, on the event loop thread.
+
+    ``on_start(job)`` is called when a call really starts (its timeout counts from then) and
+    ``on_result(job, response)`` once with its outcome, whatever happened to it.
+    """
+
+    mode: str
+    restarts: int
+
+    async def load(self, config: BridgeConfig, *, reload: bool = False) -> dict[str, FunctionInfo | Unavailable]:
+        """Import the handlers of ``config``; nothing serves them until :meth:`commit`."""
+
+    def commit(self) -> None:
+        """Serve new calls with what :meth:`load` imported last."""
+
+    def submit(self, job: Any, spec: str, event: Event) -> None:
+        """Call the function ``spec`` with ``event`` for ``job``."""
+
+    def abandon(self, job: Any) -> None:
+        """``job`` timed out and was answered: stop what runs it if that can be done."""
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Stop: calls still running get ``grace`` seconds."""
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Where calls run now (name, pid, state, calls), for logs and the status page."""
+
+
+def make_executor(config: BridgeConfig, loop: asyncio.AbstractEventLoop, hostname: str,
+                  on_start: Callable[[Any], None], on_result: Callable[[Any, Response], None],
+                  flush: Callable[[], None]) -> Executor:
+    if config.workers.mode == "thread":
+        from .threads import ThreadExecutor
+
+        return ThreadExecutor(loop, hostname, on_start, on_result, flush)
+    from .pool import ProcessExecutor
+
+    return ProcessExecutor(loop, hostname, on_start, on_result, flush)

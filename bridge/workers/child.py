@@ -1,0 +1,166 @@
+"""A worker process: imports the handlers, then runs the calls the daemon sends it.
+
+    python -m bridge.workers.child FD
+
+FD is this end of a Unix socket pair (see :mod:`bridge.workers.wire`).  The first frame is
+``("start", config, specs, excluded, hostname, check_only)``.  The worker applies its memory
+limit, imports each handler (reporting ``loading`` before each, so an import that kills the
+process is blamed on its module), reports ``ready``, and then serves calls until the daemon
+sends ``stop`` (finish what runs, then exit) or goes away (exit at once).
+
+Functions run here exactly as in the daemon's ``thread`` mode (bridge.workers.local); their
+logging and stderr go to the daemon's stderr, tagged with the function's name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import resource
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+from .. import logs, runtime
+from ..config import BridgeConfig
+from ..contract import Context, Response, error_body
+from ..functions import Function, Unavailable, load_functions
+from . import wire
+from .local import LocalRunner
+
+log = logging.getLogger("bridge.workers")
+STACK_SIZE = 2 * 1024 * 1024  # per thread, under a memory limit (the default 8 MiB counts in full)
+
+
+class Channel:
+    """This worker's end of the socket: blocking reads on the main thread, locked writes."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._lock = threading.Lock()
+        self._buffer = bytearray()
+
+    def send(self, *items: Any) -> None:
+        data = wire.frame(*items)
+        with self._lock:
+            self._sock.sendall(data)
+
+    def receive(self) -> list[tuple[Any, ...]] | None:
+        """The next frames from the daemon; None when it has gone."""
+        while True:
+            frames = wire.split(self._buffer, safe=False)
+            if frames:
+                return frames
+            chunk = self._sock.recv(1 << 20)
+            if not chunk:
+                return None
+            self._buffer += chunk
+
+
+def _die_with_parent() -> None:
+    """Get SIGKILL if the daemon dies without stopping this worker (Linux PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+    if os.getppid() == 1:  # the daemon died before the line above ran
+        os._exit(1)
+
+
+def _limit_memory(config: BridgeConfig) -> None:
+    limit = config.workers.memory_limit_mb
+    if limit:
+        # RLIMIT_DATA: heap and private writable memory (not the address space, which glibc's
+        # per-thread malloc arenas reserve generously).  Past it allocations raise MemoryError.
+        threading.stack_size(STACK_SIZE)
+        resource.setrlimit(resource.RLIMIT_DATA, (limit << 20, limit << 20))
+
+
+def _load(channel: Channel, config: BridgeConfig, specs: list[str], excluded: dict[str, str]
+          ) -> dict[str, Function]:
+    runtime.configure(config)
+    loaded = load_functions(config.handlers_dir, [s for s in specs if s not in excluded],
+                            loading=lambda spec: channel.send("loading", spec))
+    report: list[tuple[Any, ...]] = []
+    functions: dict[str, Function] = {}
+    for spec in specs:
+        item = loaded.get(spec) or Unavailable(spec, excluded.get(spec, "not loaded"))
+        if isinstance(item, Function):
+            functions[spec] = item
+            info = item.info
+            report.append(("ok", spec, info.is_async, info.style, info.source_file or ""))
+        else:
+            report.append(("unavailable", spec, item.reason))
+    channel.send("ready", report)
+    return functions
+
+
+def _watch_loop(channel: Channel, runner: LocalRunner) -> None:
+    """Tell the daemon when a function blocks the async loop (it sends this worker no more)."""
+    told = False
+    while True:
+        time.sleep(0.25)
+        blocked = runner.blocked_for()
+        if blocked > 1.0 and not told:
+            channel.send("blocked", round(blocked, 1))
+        told = blocked > 1.0
+
+
+def serve(sock: socket.socket) -> int:
+    channel = Channel(sock)
+    frames = channel.receive()
+    if not frames or frames[0][0] != "start":
+        return 2
+    _, config, specs, excluded, hostname, check_only = frames[0]
+    logs.setup(config.logging.level, config.logging.function_level)
+    _limit_memory(config)
+    functions = _load(channel, config, specs, excluded)
+    if check_only:
+        return 0
+    widths: dict[str, int] = {}
+    for route in config.routes:
+        if route.handler is not None:
+            widths[route.handler] = widths.get(route.handler, 0) + route.concurrency
+
+    def done(call_id: int, response: Response) -> None:
+        try:
+            channel.send("result", call_id, wire.pack_response(response))
+        except OSError:
+            os._exit(0)  # the daemon has gone: nobody waits for this result
+
+    runner = LocalRunner(Context(hostname), done)
+    threading.Thread(target=_watch_loop, args=(channel, runner), name="watch-loop", daemon=True).start()
+    while True:
+        frames = channel.receive()
+        if frames is None:
+            os._exit(0)  # the daemon has gone
+        for item in frames:
+            if item[0] == "call":
+                _, call_id, spec, event = item
+                function = functions.get(spec)
+                if function is None:  # the daemon sends only loaded functions; answer, never hang
+                    done(call_id, error_body(503, f"function {spec} is not loaded in this worker"))
+                else:
+                    runner.submit(call_id, function, event, widths.get(spec, 1))
+            elif item[0] == "stop":
+                while runner.running:  # finish what runs; the daemon kills us if it takes too long
+                    time.sleep(0.02)
+                return 0
+
+
+def main(argv: list[str]) -> int:
+    _die_with_parent()
+    # Ctrl-C in a terminal signals the whole process group: the daemon decides when we stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sock = socket.socket(fileno=int(argv[0]))
+    code = serve(sock)
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(code)  # not sys.exit: threads a function started must not keep the worker alive
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

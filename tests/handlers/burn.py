@@ -1,0 +1,11 @@
+"""Burns about 30 ms of CPU, then answers which process ran it and when (time.monotonic)."""
+import os
+import time
+
+
+def handle(req):
+    start = time.monotonic()
+    cpu = time.process_time()
+    while time.process_time() - cpu < 0.03:
+        pass
+    return {"body": {"pid": os.getpid(), "start": start, "end": time.monotonic()}}

@@ -1,0 +1,164 @@
+"""Functions are other people's code: crashes, hangs, hogs and CPU burners in real worker
+processes, killed for real, with a real broker and the real daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+
+import pytest
+
+from tests.support.clients import rr
+from tests.support.load import Requester, p50, proc_memory
+from tests.support.waiting import file_lines, wait_for
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            out += [int(c) for c in f.read().split()]
+    return out
+
+
+def _error(reply: dict) -> str:
+    return reply["body"]["error"]["message"]
+
+
+@pytest.mark.parametrize("what, how", [("exit", "exited with status 7"),
+                                       ("segv", "was killed by signal 11 (SIGSEGV)")])
+def test_a_worker_that_dies_mid_call_answers_500_and_is_replaced(make_bridge, broker, topic_prefix, tmp_path,
+                                                                  what, how):
+    t, seen = topic_prefix, tmp_path / "seen.txt"
+    bridge = make_bridge([{"topic": f"{t}/deadly", "handler": "deadly"},
+                          {"topic": f"{t}/other", "handler": "inspect_event"}], workers={"processes": 2})
+    workers = wait_for(lambda: len(_children(bridge.proc.pid)) == 2 and _children(bridge.proc.pid), 10, "2 workers")
+    query = ("publish", "user-property", "query", f"file={seen}")
+    reply = rr(broker.port, f"{t}/deadly", what, props=[query])
+    assert reply["status_code"] == 500
+    assert _error(reply) == f"function deadly {how}"
+    # Replaced: two workers again, one of them new; both routes serve.
+    wait_for(lambda: len(_children(bridge.proc.pid)) == 2 and set(_children(bridge.proc.pid)) != set(workers),
+             10, "a replacement worker")
+    assert rr(broker.port, f"{t}/deadly", "fine", props=[query])["status_code"] == 200
+    assert rr(broker.port, f"{t}/other", "x")["status_code"] == 200
+    assert f"function deadly: 500 WorkerDied: function deadly {how}" in bridge.log()
+    # Acknowledged: after a restart the deadly request is not delivered again.
+    bridge.stop()
+    bridge.start()
+    assert rr(broker.port, f"{t}/deadly", "after", props=[query])["status_code"] == 200
+    assert [line.split()[0] for line in seen.read_text().splitlines()] == [what, "fine", "after"]
+
+
+def test_a_worker_killed_from_outside_fails_only_its_own_calls(make_bridge, broker, topic_prefix, tmp_path):
+    t, seen = topic_prefix, tmp_path / "seen.txt"
+    make_bridge([{"topic": f"{t}/deadly", "handler": "deadly", "timeout": 20}], workers={"processes": 2})
+    query = [("query", f"file={seen}")]
+    victim_rq, other_rq = Requester(broker.port, f"kv-{tmp_path.name}"[:23]), Requester(broker.port, f"ko-{tmp_path.name}"[:23])
+    results: dict[str, bytes] = {}
+    try:
+        victim = threading.Thread(target=lambda: results.update(victim=victim_rq.request(
+            f"{t}/deadly", "sleep:10", user_properties=query, timeout=15)[0]))
+        victim.start()
+        line = file_lines(seen, 1)[0]
+        other = threading.Thread(target=lambda: results.update(other=other_rq.request(
+            f"{t}/deadly", "sleep:1", user_properties=query, timeout=15)[0]))
+        other.start()
+        lines = file_lines(seen, 2)
+        assert lines[0].split()[1] != lines[1].split()[1], "the second call must run on the other worker"
+        os.kill(int(line.split()[1]), signal.SIGKILL)
+        victim.join(15)
+        other.join(15)
+    finally:
+        victim_rq.close()
+        other_rq.close()
+    killed, spared = json.loads(results["victim"]), json.loads(results["other"])
+    assert killed["status_code"] == 500
+    assert killed["body"]["error"]["message"] == "function deadly was killed by signal 9 (SIGKILL)"
+    assert spared["status_code"] == 200  # the call on the other worker was not disturbed
+
+
+def test_a_call_past_the_memory_limit_fails_alone_and_the_daemon_stays_small(make_bridge, broker, topic_prefix):
+    t = topic_prefix
+    bridge = make_bridge([{"topic": f"{t}/deadly", "handler": "deadly"}],
+                         workers={"processes": 1, "memory_limit_mb": 200})
+    assert rr(broker.port, f"{t}/deadly", "hog:50")["status_code"] == 200
+    before = proc_memory(bridge.proc.pid)["VmRSS"]
+    reply = rr(broker.port, f"{t}/deadly", "hog:1024")
+    assert reply["status_code"] == 500
+    assert reply["body"]["error"]["details"]["exception_type"] == "MemoryError"
+    assert rr(broker.port, f"{t}/deadly", "hog:50")["status_code"] == 200  # the worker lives on
+    assert proc_memory(bridge.proc.pid)["VmRSS"] - before < 5 * 1024  # KiB: the daemon never held it
+
+
+def test_runaway_calls_are_stopped_and_never_pile_up(make_bridge, broker, topic_prefix, tmp_path):
+    t = topic_prefix
+    processes = 2
+    bridge = make_bridge([{"topic": f"{t}/deadly", "handler": "deadly", "timeout": 0.5, "concurrency": 4}],
+                         workers={"processes": processes})
+    rq = Requester(broker.port, f"sp-{tmp_path.name}"[:23])
+    try:
+        for _ in range(3 * processes):  # more runaway calls than there are workers
+            reply, seconds = rq.request(f"{t}/deadly", "spin", timeout=10)
+            assert json.loads(reply)["status_code"] == 504
+            assert 0.5 <= seconds < 3, seconds  # answered at its timeout, not after the others
+        reply, _ = rq.request(f"{t}/deadly", "fine", timeout=10)
+    finally:
+        rq.close()
+    assert json.loads(reply)["status_code"] == 200
+    # Each spinning worker was killed: no more processes than configured remain.
+    wait_for(lambda: len(_children(bridge.proc.pid)) == processes, 10, f"{processes} workers")
+    assert bridge.log().count("is replaced: a call to deadly outlived its timeout") == 3 * processes
+
+
+def test_an_async_function_blocking_its_loop_does_not_slow_other_routes(make_bridge, broker, topic_prefix, tmp_path):
+    t = topic_prefix
+    bridge = make_bridge([{"topic": f"{t}/wedge", "handler": "wedge", "timeout": 3},
+                          {"topic": f"{t}/fast", "handler": "slow_async"}], workers={"processes": 2})
+    rq = Requester(broker.port, f"fa-{tmp_path.name}"[:23])
+    wedge_rq = Requester(broker.port, f"fw-{tmp_path.name}"[:23])
+    wedged: list[tuple[bytes, float]] = []
+    try:
+        base = rq.latencies(f"{t}/fast", "0", 100)
+        blocker = threading.Thread(target=lambda: wedged.append(wedge_rq.request(f"{t}/wedge", "30", timeout=15)))
+        blocker.start()
+        during = []
+        while blocker.is_alive() and len(during) < 2000:
+            during.append(rq.request(f"{t}/fast", "0")[1])
+        blocker.join(15)
+    finally:
+        rq.close()
+        wedge_rq.close()
+    reply, seconds = wedged[0]
+    assert json.loads(reply)["status_code"] == 504 and seconds < 4  # stopped at its timeout, not after 30 s
+    assert p50(during) <= 3 * p50(base) + 0.020, (p50(base), p50(during))
+    assert max(during) < 2.0, max(during)  # at worst one request waited for the blocked loop to be noticed
+    assert "blocked its async loop" in bridge.log() or "outlived its timeout" in bridge.log()
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_cpu_bound_calls_use_as_many_cores_as_there_are_workers(make_bridge, broker, topic_prefix, tmp_path,
+                                                                 processes):
+    t = topic_prefix
+    make_bridge([{"topic": f"{t}/burn", "handler": "burn", "concurrency": 8}], workers={"processes": processes})
+    rqs = [Requester(broker.port, f"b{i}-{tmp_path.name}"[:23]) for i in range(8)]
+    replies: list[dict] = []
+    try:
+        threads = [threading.Thread(target=lambda r=r: replies.extend(
+            json.loads(r.request(f"{t}/burn", "x")[0])["body"] for _ in range(4))) for r in rqs]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(30)
+    finally:
+        for r in rqs:
+            r.close()
+    assert len(replies) == 32
+    pids = {r["pid"] for r in replies}
+    assert len(pids) == processes
+    # Calls on different workers ran at the same time (in different processes, on different cores).
+    overlapping = any(a["pid"] != b["pid"] and a["start"] < b["end"] and b["start"] < a["end"]
+                      for a in replies for b in replies)
+    assert overlapping == (processes > 1)
