@@ -219,3 +219,14 @@ def test_metrics_count_what_was_sent(make_bridge, broker, topic_prefix):
     assert too_big.status_code == 413 and too_big.json()["error"]["status"] == 413
     assert value(samples(base), "iot_bridge_refused_total", reason="payload_too_large") == 2
     assert "# TYPE iot_bridge_request_duration_seconds histogram" in get(base + "/metrics").text
+
+
+def test_a_worker_killed_by_a_function_counts_as_a_restart_and_the_page_shows_the_workers(make_bridge, topic_prefix):
+    bridge = make_bridge([{"topic": f"{topic_prefix}/deadly", "handler": "deadly"}], workers={"processes": 1})
+    base = bridge.http_url
+    crashed = requests.post(f"{base}/invoke/deadly", data="exit", timeout=20)
+    assert crashed.status_code == 500  # the same answer an MQTT request gets when its worker dies
+    wait_for(lambda: value(samples(base), "iot_bridge_worker_restarts_total") == 1, 10, "the restart counted")
+    wait_for(lambda: value(samples(base), "iot_bridge_workers", state="ready") == 1, 10, "the new worker ready")
+    assert requests.post(f"{base}/invoke/deadly", data="hi", timeout=20).status_code == 200
+    assert "1 replaced since the start" in get(base + "/").text
