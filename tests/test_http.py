@@ -120,16 +120,18 @@ def test_async_invoke_answers_202_and_posts_the_reply_document_to_the_callback(m
                           {"topic": f"{topic_prefix}/boom", "handler": "boom"}])
     callback = CallbackServer().start()
     try:
-        accepted = requests.post(f"{bridge.http_url}/async-invoke/slow", data="0.5", timeout=10,
+        accepted = requests.post(f"{bridge.http_url}/async-invoke/slow", data="1.5", timeout=10,
                                  headers={"X-Callback-Url": callback.url})
         assert accepted.status_code == 202
+        # Answered while the function still runs: it holds its in-flight slot, nothing posted yet.
+        assert value(samples(bridge.http_url), "iot_bridge_in_flight") == 1
+        assert callback.received == []
         call_id = accepted.headers["X-Call-Id"]
-        assert callback.received == []  # answered before the function finished
         got = callback.wait(1)[0]
         assert got.path == "/done?key=abc"
         assert got.headers["X-Call-Id"] == call_id and got.headers["X-Function-Status"] == "200"
         assert got.json() == {"status_code": 200, "headers": {"Content-Type": "text/plain; charset=utf-8"},
-                              "body": "slept 0.5"}
+                              "body": "slept 1.5"}
         requests.post(f"{bridge.http_url}/async-invoke/boom", data="ab", timeout=10,
                       headers={"X-Callback-Url": callback.url})
         error = callback.wait(2)[1].json()
