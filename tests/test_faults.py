@@ -20,6 +20,7 @@ from tests.support.load import (
     Publisher,
     Requester,
     bulk_publish,
+    figures,
     p50,
     proc_memory,
     take_over,
@@ -30,10 +31,6 @@ from tests.support.waiting import wait_for
 pytestmark = pytest.mark.slow
 
 MIB = 1024  # KiB per MiB (/proc reports KiB)
-
-
-def figures(name: str, **values: object) -> None:
-    print(f"\nFIGURES {name}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
 
 
 def _wait_persisted(broker, since: float, timeout: float = 5.0) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from tests.support.bridgeproc import ROOT, render_toml
 from tests.support.clients import rr
-from tests.support.load import Requester, p50
+from tests.support.load import Requester, figures, p50
 
 MODES = ["process", "thread"]
 
@@ -87,6 +87,7 @@ def test_sigterm_exits_whatever_threads_a_function_started(make_bridge, broker, 
     start = time.monotonic()
     bridge.signal(signal.SIGTERM)
     assert bridge.wait(10) == 0
+    figures(f"sigterm_with_lingering_thread_{mode}", exited_after_s=round(time.monotonic() - start, 3))
     assert time.monotonic() - start < 2 + 3
     assert "stopped" in bridge.log()
 
@@ -111,6 +112,8 @@ def test_a_reload_importing_slowly_keeps_every_route_serving(make_bridge, broker
         heavy = json.loads(rq.request(f"{t}/heavy", "x")[0])
     finally:
         rq.close()
+    figures(f"slow_import_reload_{mode}", import_s=3, requests_during=len(during), p50_base_ms=round(p50(base) * 1e3, 2),
+            p50_during_ms=round(p50(during) * 1e3, 2), max_during_ms=round(max(during) * 1e3, 1))
     assert len(during) > 20  # it kept serving for the whole import
     assert max(during) < 0.5 and p50(during) <= 3 * p50(base) + 0.02, (p50(base), p50(during), max(during))
     assert heavy["body"] == "v2"

@@ -11,7 +11,9 @@ import threading
 import pytest
 
 from tests.support.clients import rr
-from tests.support.load import Requester, p50, proc_memory
+import time
+
+from tests.support.load import Requester, figures, p50, proc_memory
 from tests.support.waiting import file_lines, wait_for
 
 
@@ -35,13 +37,18 @@ def test_a_worker_that_dies_mid_call_answers_500_and_is_replaced(make_bridge, br
     bridge = make_bridge([{"topic": f"{t}/deadly", "handler": "deadly"},
                           {"topic": f"{t}/other", "handler": "inspect_event"}], workers={"processes": 2})
     workers = wait_for(lambda: len(_children(bridge.proc.pid)) == 2 and _children(bridge.proc.pid), 10, "2 workers")
+    # Under the unit's MemoryMax the kernel kills a worker before the daemon.
+    assert [int(open(f"/proc/{pid}/oom_score_adj").read()) for pid in workers] == [500, 500]
     query = ("publish", "user-property", "query", f"file={seen}")
+    start = time.monotonic()
     reply = rr(broker.port, f"{t}/deadly", what, props=[query])
+    answered = time.monotonic() - start
     assert reply["status_code"] == 500
     assert _error(reply) == f"function deadly {how}"
     # Replaced: two workers again, one of them new; both routes serve.
     wait_for(lambda: len(_children(bridge.proc.pid)) == 2 and set(_children(bridge.proc.pid)) != set(workers),
              10, "a replacement worker")
+    figures(f"worker_{what}", answered_s=round(answered, 3), replaced_within_s=round(time.monotonic() - start, 3))
     assert rr(broker.port, f"{t}/deadly", "fine", props=[query])["status_code"] == 200
     assert rr(broker.port, f"{t}/other", "x")["status_code"] == 200
     assert f"function deadly: 500 WorkerDied: function deadly {how}" in bridge.log()
@@ -75,6 +82,7 @@ def test_a_worker_killed_from_outside_fails_only_its_own_calls(make_bridge, brok
         victim_rq.close()
         other_rq.close()
     killed, spared = json.loads(results["victim"]), json.loads(results["other"])
+    figures("worker_sigkill", victim=killed["status_code"], other_worker=spared["status_code"])
     assert killed["status_code"] == 500
     assert killed["body"]["error"]["message"] == "function deadly was killed by signal 9 (SIGKILL)"
     assert spared["status_code"] == 200  # the call on the other worker was not disturbed
@@ -90,7 +98,9 @@ def test_a_call_past_the_memory_limit_fails_alone_and_the_daemon_stays_small(mak
     assert reply["status_code"] == 500
     assert reply["body"]["error"]["details"]["exception_type"] == "MemoryError"
     assert rr(broker.port, f"{t}/deadly", "hog:50")["status_code"] == 200  # the worker lives on
-    assert proc_memory(bridge.proc.pid)["VmRSS"] - before < 5 * 1024  # KiB: the daemon never held it
+    after = proc_memory(bridge.proc.pid)["VmRSS"]
+    figures("memory_hog", limit_mb=200, asked_mb=1024, daemon_rss_before_kib=before, daemon_rss_after_kib=after)
+    assert after - before < 5 * 1024  # KiB: the daemon never held it
 
 
 def test_runaway_calls_are_stopped_and_never_pile_up(make_bridge, broker, topic_prefix, tmp_path):
@@ -99,15 +109,18 @@ def test_runaway_calls_are_stopped_and_never_pile_up(make_bridge, broker, topic_
     bridge = make_bridge([{"topic": f"{t}/deadly", "handler": "deadly", "timeout": 0.5, "concurrency": 4}],
                          workers={"processes": processes})
     rq = Requester(broker.port, f"sp-{tmp_path.name}"[:23])
+    answered: list[float] = []
     try:
         for _ in range(3 * processes):  # more runaway calls than there are workers
             reply, seconds = rq.request(f"{t}/deadly", "spin", timeout=10)
             assert json.loads(reply)["status_code"] == 504
             assert 0.5 <= seconds < 3, seconds  # answered at its timeout, not after the others
+            answered.append(round(seconds, 3))
         reply, _ = rq.request(f"{t}/deadly", "fine", timeout=10)
     finally:
         rq.close()
     assert json.loads(reply)["status_code"] == 200
+    figures("runaway_calls", timeout_s=0.5, processes=processes, answered_504_s=answered)
     # Each spinning worker was killed: no more processes than configured remain.
     wait_for(lambda: len(_children(bridge.proc.pid)) == processes, 10, f"{processes} workers")
     assert bridge.log().count("is replaced: a call to deadly outlived its timeout") == 3 * processes
@@ -132,6 +145,9 @@ def test_an_async_function_blocking_its_loop_does_not_slow_other_routes(make_bri
         rq.close()
         wedge_rq.close()
     reply, seconds = wedged[0]
+    figures("blocked_async_loop", timeout_s=3, wedge_answered_s=round(seconds, 3), fast_requests=len(during),
+            p50_base_ms=round(p50(base) * 1e3, 2), p50_during_ms=round(p50(during) * 1e3, 2),
+            max_during_ms=round(max(during) * 1e3, 1))
     assert json.loads(reply)["status_code"] == 504 and seconds < 4  # stopped at its timeout, not after 30 s
     assert p50(during) <= 3 * p50(base) + 0.020, (p50(base), p50(during))
     assert max(during) < 2.0, max(during)  # at worst one request waited for the blocked loop to be noticed
@@ -157,6 +173,8 @@ def test_cpu_bound_calls_use_as_many_cores_as_there_are_workers(make_bridge, bro
             r.close()
     assert len(replies) == 32
     pids = {r["pid"] for r in replies}
+    span = max(r["end"] for r in replies) - min(r["start"] for r in replies)
+    figures(f"cpu_burst_{processes}", calls=32, cpu_ms_each=30, first_start_to_last_end_s=round(span, 3))
     assert len(pids) == processes
     # Calls on different workers ran at the same time (in different processes, on different cores).
     overlapping = any(a["pid"] != b["pid"] and a["start"] < b["end"] and b["start"] < a["end"]

@@ -283,6 +283,7 @@ def test_unit_file_settings() -> None:
         assert one[key] == "yes", key
     assert one["ProtectSystem"] == "strict"
     assert one["RestrictAddressFamilies"] == "AF_UNIX AF_INET AF_INET6"
+    assert one["MemoryMax"] == "1G"  # the whole service; workers are the kernel's first choice past it
 
 
 def test_bridge_serves_under_memory_deny_write_execute(make_bridge, broker, topic_prefix, tmp_path, monkeypatch):

@@ -151,8 +151,16 @@ def serve(sock: socket.socket) -> int:
                 return 0
 
 
+def _first_to_go() -> None:
+    """Under memory pressure (the unit's MemoryMax=) the kernel kills a worker, not the daemon."""
+    with contextlib.suppress(OSError):
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("500")
+
+
 def main(argv: list[str]) -> int:
     _die_with_parent()
+    _first_to_go()
     # Ctrl-C in a terminal signals the whole process group: the daemon decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=int(argv[0]))

@@ -5,7 +5,7 @@ import time
 
 def handle(req):
     start = time.monotonic()
-    cpu = time.process_time()
-    while time.process_time() - cpu < 0.03:
+    cpu = time.thread_time()
+    while time.thread_time() - cpu < 0.03:  # this call's CPU, not the process's
         pass
     return {"body": {"pid": os.getpid(), "start": start, "end": time.monotonic()}}

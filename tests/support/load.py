@@ -178,6 +178,11 @@ def p50(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def figures(name: str, **values: object) -> None:
+    """Print a test's measured figures (``pytest -s`` shows them; docs/reliability.md quotes them)."""
+    print(f"\nFIGURES {name}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+
+
 def bulk_publish(port: int, topic: str, lines: Iterable[bytes], *, qos: int = 1,
                  user_properties: list[tuple[str, str]] = (), timeout: float = 120.0) -> float:
     """Publish one message per item of ``lines`` (single-line payloads) with
