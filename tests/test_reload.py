@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
+import threading
 from pathlib import Path
+
+import pytest
 
 from tests.support.bridgeproc import render_toml
 from tests.support.clients import rr
+from tests.support.load import Requester
+from tests.support.waiting import file_lines
 
 
 def _write_handler(d: Path, name: str, answer: str) -> None:
@@ -67,3 +73,31 @@ def test_a_bad_config_on_reload_keeps_the_running_one(make_bridge, broker, topic
     assert "routes[0].handler" in bridge.log()
     assert rr(broker.port, f"{t}/a", "x")["body"] == "v1"
     assert bridge.proc.poll() is None
+
+
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_a_reload_lets_calls_in_progress_finish_on_the_old_code(make_bridge, broker, topic_prefix, tmp_path, mode):
+    t = topic_prefix
+    handlers = tmp_path / "handlers"
+    handlers.mkdir()
+    started = tmp_path / "started.txt"
+    (handlers / "work.py").write_text(
+        "import time\n\ndef handle(req):\n"
+        f"    open({str(started)!r}, 'a').write('x\\n')\n"
+        "    time.sleep(float(req.body or 0))\n    return {'body': 'old'}\n")
+    bridge = make_bridge([{"topic": f"{t}/work", "handler": "work", "timeout": 10}], handlers_dir=handlers,
+                         workers={"mode": mode})
+    rq = Requester(broker.port, f"rw-{tmp_path.name}"[:23])
+    results: list[bytes] = []
+    try:
+        slow = threading.Thread(target=lambda: results.append(rq.request(f"{t}/work", "2", timeout=10)[0]))
+        slow.start()
+        file_lines(started, 1)  # the slow call runs the old code
+        (handlers / "work.py").write_text("def handle(req):\n    return {'body': 'new'}\n")
+        _reload(bridge, 1, "reloaded")
+        fresh = json.loads(rq.request(f"{t}/work", "0")[0])["body"]
+        slow.join(10)
+    finally:
+        rq.close()
+    assert fresh == "new"  # a new call runs the new code at once
+    assert json.loads(results[0])["body"] == "old"  # the call in progress finished as it began

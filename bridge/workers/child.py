@@ -28,38 +28,14 @@ from typing import Any
 
 from .. import logs, runtime
 from ..config import BridgeConfig
-from ..contract import Context, Response, error_body
+from ..contract import Context, error_body
 from ..functions import Function, Unavailable, load_functions
 from . import wire
+from .crew import Channel, Crew
 from .local import LocalRunner
 
 log = logging.getLogger("bridge.workers")
 STACK_SIZE = 2 * 1024 * 1024  # per thread, under a memory limit (the default 8 MiB counts in full)
-
-
-class Channel:
-    """This worker's end of the socket: blocking reads on the main thread, locked writes."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._lock = threading.Lock()
-        self._buffer = bytearray()
-
-    def send(self, *items: Any) -> None:
-        data = wire.frame(*items)
-        with self._lock:
-            self._sock.sendall(data)
-
-    def receive(self) -> list[tuple[Any, ...]] | None:
-        """The next frames from the daemon; None when it has gone."""
-        while True:
-            frames = wire.split(self._buffer, safe=False)
-            if frames:
-                return frames
-            chunk = self._sock.recv(1 << 20)
-            if not chunk:
-                return None
-            self._buffer += chunk
 
 
 def _die_with_parent() -> None:
@@ -125,30 +101,30 @@ def serve(sock: socket.socket) -> int:
         if route.handler is not None:
             widths[route.handler] = widths.get(route.handler, 0) + route.concurrency
 
-    def done(call_id: int, response: Response) -> None:
-        try:
-            channel.send("result", call_id, wire.pack_response(response))
-        except OSError:
-            os._exit(0)  # the daemon has gone: nobody waits for this result
+    runner = LocalRunner(Context(hostname), lambda call_id, response: channel.send(
+        "result", call_id, wire.pack_response(response)))
+    stopping = threading.Event()
 
-    runner = LocalRunner(Context(hostname), done)
+    def handle(item: tuple[Any, ...]) -> None:
+        if item[0] == "call":
+            _, call_id, spec, event = item
+            function = functions.get(spec)
+            if function is None:  # the daemon sends only loaded functions; answer, never hang
+                channel.send("result", call_id, wire.pack_response(
+                    error_body(503, f"function {spec} is not loaded in this worker")))
+            elif function.is_async:
+                runner.submit(call_id, function, event, widths.get(spec, 1))
+            else:
+                runner.run_here(call_id, function, event)
+        elif item[0] == "stop":
+            stopping.set()
+
     threading.Thread(target=_watch_loop, args=(channel, runner), name="watch-loop", daemon=True).start()
-    while True:
-        frames = channel.receive()
-        if frames is None:
-            os._exit(0)  # the daemon has gone
-        for item in frames:
-            if item[0] == "call":
-                _, call_id, spec, event = item
-                function = functions.get(spec)
-                if function is None:  # the daemon sends only loaded functions; answer, never hang
-                    done(call_id, error_body(503, f"function {spec} is not loaded in this worker"))
-                else:
-                    runner.submit(call_id, function, event, widths.get(spec, 1))
-            elif item[0] == "stop":
-                while runner.running:  # finish what runs; the daemon kills us if it takes too long
-                    time.sleep(0.02)
-                return 0
+    Crew(channel, handle, sum(widths.values())).start()
+    stopping.wait()
+    while runner.running:  # finish what runs; the daemon kills us if it takes too long
+        time.sleep(0.02)
+    return 0
 
 
 def _first_to_go() -> None:

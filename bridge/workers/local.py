@@ -99,6 +99,12 @@ class LocalRunner:
         pool.size = max(pool.size, width)
         pool.submit(self._run_sync, token, function, event)
 
+    def run_here(self, token: Any, function: Function, event: Event) -> None:
+        """Run a sync call on the calling thread (a worker process's own threads do)."""
+        with self._count_lock:
+            self.running += 1
+        self._run_sync(token, function, event)
+
     def cancel(self, token: Any) -> None:
         """Cancel an async call (a timeout); a sync call cannot be stopped from outside."""
         future = self._tasks.pop(token, None)
