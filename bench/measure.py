@@ -125,14 +125,16 @@ def cpu_ticks(pids: list[int]) -> int:
 
 
 def loadgen(port: int, topic: str, qos: int, inflight: int, size: int, warmup: float,
-            duration: float, watch: dict[str, int] | None = None) -> dict:
-    """Run the load generator once; poll CPU (and RSS) of the ``watch`` processes meanwhile."""
+            duration: float, watch: dict[str, int | list[int]] | None = None) -> dict:
+    """Run the load generator once; poll CPU (and RSS) of the ``watch`` processes and their
+    descendants meanwhile (a list of pids, e.g. the bridges of a share group, is summed)."""
     cmd = [str(LOADGEN), HOST, str(port), topic, str(qos), str(inflight), str(size),
            f"{warmup:g}", f"{duration:g}"]
     watch = watch or {}
     samples: list[tuple[float, dict[str, int]]] = []
     peak_rss: dict[str, int] = {}
-    trees = {name: proc_tree(pid) for name, pid in watch.items()}
+    trees = {name: [p for pid in (pids if isinstance(pids, list) else [pids]) for p in proc_tree(pid)]
+             for name, pids in watch.items()}
     t_start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=_pdeathsig)

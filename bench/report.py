@@ -81,6 +81,9 @@ def table(results: dict, names: list[str]) -> None:
                          fmt(ratio(m["cpu_us"], raw.get("cpu_us")), ".2f"),
                          "-" if not m.get("peak_rss_kib") else f"{m['peak_rss_kib'] / 1024:.1f} MiB"])
     _print(cols, rows)
+    if "shared" in names:
+        print("shared = 2 bridges in one share group beside bridge (1): msgs/s, and CPU per reply summed "
+              "over both bridges' process trees (see docs/performance.md, \"More than one bridge\")")
 
 
 def burst_table(burst: dict) -> None:

@@ -1,7 +1,7 @@
 """Closed-loop request/reply benchmark: the bridge against a minimal paho echo, same broker.
 
     python bench/run.py [--quick] [--repeat N] [--warmup S] [--duration S]
-                        [--servers raw,bridge,bridge-thread] [--no-burst] [--check-loadgen]
+                        [--servers raw,bridge,bridge-thread,shared] [--no-burst] [--check-loadgen]
                         [--bridge-exe PATH] [--keep]
 
 For each QoS a private mosquitto is started (tests/support/broker.py, the repository's
@@ -11,7 +11,10 @@ mosquitto.conf, a free loopback port), then the echo servers:
   ``Properties`` object per reply: the least a paho client can do;
 * ``bridge``: ``iot-bridge run`` in its default configuration (worker processes) with the
   repository's handlers/ (function ``echo``) on the route ``bench/bridge``;
-* ``bridge-thread``: the same with ``[workers] mode = "thread"``.
+* ``bridge-thread``: the same with ``[workers] mode = "thread"``;
+* ``shared``: two bridges in one share group (``[mqtt] share_group``, run from one config as
+  ``iot-bridge run --instance N``), each request going to one of them: its CPU per reply is
+  summed over both bridges' process trees.
 
 Each cell (in-flight count x payload size) is measured with bench/loadgen (C, libmosquitto),
 alternating the servers, ``--repeat`` times; the median of each figure is reported, with the
@@ -48,7 +51,7 @@ RESULTS = ROOT / "bench" / "results" / "latest.json"
 QOS_LEVELS = (0, 1)
 INFLIGHTS = (1, 64)
 PAYLOADS = (16, 4096)
-SERVERS = ("raw", "bridge", "bridge-thread")
+SERVERS = ("raw", "bridge", "bridge-thread", "shared")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,6 +131,8 @@ def _servers(names: list[str], workdir: Path, port: int, qos: int, exe: str | No
     for name in names:
         if name == "raw":
             out[name] = srv_kinds.raw(workdir, port, qos)
+        elif exe and name == "shared":
+            out[name] = srv_kinds.shared(workdir, port, qos, exe)
         elif exe:
             out[name] = srv_kinds.bridge(workdir, port, qos, exe, name=name,
                                          mode="thread" if name == "bridge-thread" else "process")
@@ -170,7 +175,7 @@ def _matrix(results: dict, names: list[str], broker: Broker, qos: int, exe: str 
                             results["errors"][name] = msg
                             continue
                         res = loadgen(broker.port, srv.topic, qos, inflight, size, warmup, duration,
-                                      {"broker": broker.proc.pid, "server": srv.proc.pid})
+                                      {"broker": broker.proc.pid, "server": srv.pids})
                         cell[name]["runs"].append(res)
                         log(f"  {key:<24} {name:<13} {res.get('msgs_per_s', 0):>9.0f} msg/s"
                             f"  p50 {res.get('p50_ms', 0):7.3f} ms  p99 {res.get('p99_ms', 0):7.3f} ms"

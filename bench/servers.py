@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
-from measure import HOST, ROOT, BENCH, ServerError, _pdeathsig, status_kib, stop_proc, venv_bin, wait_ready
+from measure import HOST, ROOT, BENCH, ServerError, _pdeathsig, status_kib, stop_proc, tail, venv_bin, wait_ready
 
 
 class Server:
@@ -30,10 +31,52 @@ class Server:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def pids(self) -> int | list[int]:
+        """What the CPU and memory figures are taken over (with descendants)."""
+        assert self.proc is not None
+        return self.proc.pid
+
     def stop(self) -> None:
         if self.alive():
             self.hwm_kib = max(self.hwm_kib, status_kib(self.proc.pid, "VmHWM"))
         stop_proc(self.proc, 15)  # the bridge drains for up to limits.shutdown_grace (10 s)
+        self.proc = None
+
+
+class Group(Server):
+    """Bridges in one share group, measured as one server: CPU and memory over all of them."""
+
+    def __init__(self, members: list[Server]) -> None:
+        first = members[0]
+        super().__init__(first.name.rsplit("-", 1)[0], first.topic, first.cmd, first.logfile, first.ready_timeout)
+        self.members = members
+
+    def start(self, port: int, qos: int) -> None:
+        for member in self.members:
+            with open(member.logfile, "ab") as logf:
+                member.proc = subprocess.Popen(member.cmd, stdout=logf, stderr=subprocess.STDOUT,
+                                               stdin=subprocess.DEVNULL, cwd=ROOT, preexec_fn=_pdeathsig)
+        deadline = time.monotonic() + self.ready_timeout
+        for member in self.members:  # every member subscribed, not only the first to answer
+            while "ready: subscribed" not in member.logfile.read_text(errors="replace"):
+                if not member.alive() or time.monotonic() > deadline:
+                    raise ServerError(f"{member.name} not ready:\n" + tail(member.logfile))
+                time.sleep(0.1)
+        self.proc = self.members[0].proc
+        wait_ready(port, self.topic, qos, self.proc, self.name, self.logfile, self.ready_timeout)
+
+    def alive(self) -> bool:
+        return all(m.alive() for m in self.members)
+
+    @property
+    def pids(self) -> list[int]:
+        return [m.proc.pid for m in self.members if m.proc is not None]
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.stop()
+        self.hwm_kib = max([self.hwm_kib] + [m.hwm_kib for m in self.members])
         self.proc = None
 
 
@@ -45,16 +88,27 @@ def raw(workdir: Path, port: int, qos: int) -> Server:
 
 def bridge(workdir: Path, port: int, qos: int, exe: str, *, name: str = "bridge", mode: str = "process",
            handler: str = "echo", handlers_dir: Path = ROOT / "handlers", processes: int | None = None,
-           concurrency: int = 8) -> Server:
+           concurrency: int = 8, share_group: str | None = None) -> Server:
     """``iot-bridge run`` with one route ``bench/<name>`` at the cell's QoS; else the defaults."""
     topic = f"bench/{name}"
     workers = f"\n[workers]\nmode = \"{mode}\"\n" + (f"processes = {processes}\n" if processes else "")
+    group = f'share_group = "{share_group}"\n' if share_group else ""
+    # In a group every instance reads this file: its state goes under its --state-dir instead.
+    store = "" if share_group else f'store = "{workdir / name}-state/replies.db"\n'
     path = workdir / f"{name}-qos{qos}.toml"
     path.write_text(
         f'handlers_dir = "{handlers_dir}"\n\n'
-        f'[mqtt]\nhost = "{HOST}"\nport = {port}\nclient_id = "bench-{name}-{os.getpid()}-qos{qos}"\n\n'
+        f'[mqtt]\nhost = "{HOST}"\nport = {port}\nclient_id = "bench-{name}-{os.getpid()}-qos{qos}"\n{group}\n'
         f'[[routes]]\ntopic = "{topic}"\nhandler = "{handler}"\nqos = {qos}\nconcurrency = {concurrency}\n\n'
-        '[replies]\nallowed_topics = ["bench/#"]\n'
-        f'store = "{workdir / name}-state/replies.db"\n' + workers
+        '[replies]\nallowed_topics = ["bench/#"]\n' + store + workers
     )
     return Server(name, topic, [exe, "run", "--config", str(path)], workdir / f"{name}-qos{qos}.log", 30)
+
+
+def shared(workdir: Path, port: int, qos: int, exe: str, *, members: int = 2, name: str = "shared") -> Group:
+    """``members`` bridges in one share group, each run from one config file as
+    ``iot-bridge run --instance N --state-dir DIR`` (what config/iot-bridge@.service does)."""
+    one = bridge(workdir, port, qos, exe, name=name, share_group=f"bench-{os.getpid()}")
+    return Group([Server(f"{name}-{n}", one.topic,
+                         [*one.cmd, "--instance", str(n), "--state-dir", str(workdir / f"{name}-qos{qos}-{n}")],
+                         workdir / f"{name}-qos{qos}-{n}.log", one.ready_timeout) for n in range(1, members + 1)])

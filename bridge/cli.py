@@ -26,9 +26,9 @@ from .logs import current_function
 DEFAULT_CONFIG = "config/bridge.toml"
 
 
-def _load(path: str) -> BridgeConfig:
+def _load(path: str, **options: str | None) -> BridgeConfig:
     try:
-        return load_config(path)
+        return load_config(path, **options)
     except ConfigError as exc:
         print(f"iot-bridge: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -37,10 +37,11 @@ def _load(path: str) -> BridgeConfig:
 def cmd_run(args: argparse.Namespace) -> int:
     from .daemon import Bridge  # the transport is imported only when serving
 
-    config = _load(args.config)
+    options = {"instance": args.instance, "state_dir": args.state_dir}
+    config = _load(args.config, **options)
     logs.setup(config.logging.level, config.logging.function_level)
     try:
-        bridge = Bridge(config, args.config)
+        bridge = Bridge(config, args.config, **options)
     except ConfigError as exc:
         print(f"iot-bridge: {exc}", file=sys.stderr)
         return 2
@@ -138,7 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", default=DEFAULT_CONFIG, help=f"TOML config file (default {DEFAULT_CONFIG})")
         return p
 
-    with_config(sub.add_parser("run", help="serve: subscribe, run functions, publish replies")).set_defaults(func=cmd_run)
+    run = with_config(sub.add_parser("run", help="serve: subscribe, run functions, publish replies"))
+    run.add_argument("--instance", help="one of several bridges run from one config: appended to "
+                                        "mqtt.client_id as -INSTANCE (the systemd unit iot-bridge@.service)")
+    run.add_argument("--state-dir", help="directory for relative state files (replies.store, outbox.path) "
+                                         "instead of the config file's directory")
+    run.set_defaults(func=cmd_run)
     with_config(sub.add_parser("check", help="validate the config and import every function")).set_defaults(func=cmd_check)
     inv = with_config(sub.add_parser("invoke", help="run one function once, without a broker"))
     inv.add_argument("handler", help='"module" or "module:function" in handlers_dir')

@@ -40,6 +40,29 @@ def _check_filter(value: str) -> str:
     return value
 
 
+SHARED_PREFIX = "$share/"
+
+
+def _check_share_group(value: str) -> str:
+    if not value or any(c in value for c in "/+#\x00"):
+        raise ValueError(f"a share group name is non-empty, without '/', '+' or '#': {value!r}")
+    return value
+
+
+def _check_route_topic(value: str) -> str:
+    """A route's topic: a topic filter, or a shared subscription ``$share/<group>/<filter>``."""
+    if value.startswith(SHARED_PREFIX) or value == SHARED_PREFIX.rstrip("/"):
+        parts = value.split("/", 2)
+        if len(parts) < 3 or not parts[2]:
+            raise ValueError(f"a shared subscription is $share/<group>/<topic filter>: {value!r}")
+        _check_share_group(parts[1])
+        if parts[2].startswith(SHARED_PREFIX):
+            raise ValueError(f"a shared subscription names one group: {value!r}")
+        _check_filter(parts[2])
+        return value
+    return _check_filter(value)
+
+
 class TlsConfig(_Model):
     """TLS to the broker. Server-name verification is on unless ``insecure`` is set."""
 
@@ -61,6 +84,13 @@ class MqttConfig(_Model):
     tls: TlsConfig | None = None
     reconnect_min_delay: Annotated[float, Field(gt=0)] = 0.5
     reconnect_max_delay: Annotated[float, Field(gt=0)] = 30.0
+    # Every route subscribes as $share/<share_group>/<topic>: bridges in one group split the load.
+    share_group: str | None = None
+
+    @field_validator("share_group")
+    @classmethod
+    def _share_group(cls, value: str | None) -> str | None:
+        return None if value is None else _check_share_group(value)
 
 
 class RepliesConfig(_Model):
@@ -111,7 +141,7 @@ class RouteConfig(_Model):
     @field_validator("topic")
     @classmethod
     def _topic(cls, value: str) -> str:
-        return _check_filter(value)
+        return _check_route_topic(value)
 
     @field_validator("handler")
     @classmethod
@@ -261,15 +291,18 @@ class BridgeConfig(_Model):
     http: HttpConfig = HttpConfig()
     # Where the config file lives; relative paths above are resolved against it.
     base_dir: Path = Field(default=Path("."), exclude=True)
+    # ``iot-bridge run --state-dir``: relative state files (reply store, outbox) go here instead.
+    state_dir: Path | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
     def _resolve_paths(self) -> "BridgeConfig":
         base = self.base_dir
+        state = self.state_dir or base
         object.__setattr__(self, "handlers_dir", (base / self.handlers_dir).resolve())
         # A copy, not an in-place edit: the default OutboxConfig() is shared by every config.
-        outbox = self.outbox.model_copy(update={"path": (base / self.outbox.path).resolve()})
+        outbox = self.outbox.model_copy(update={"path": (state / self.outbox.path).resolve()})
         object.__setattr__(self, "outbox", outbox)
-        replies = self.replies.model_copy(update={"store": (base / self.replies.store).resolve()})
+        replies = self.replies.model_copy(update={"store": (state / self.replies.store).resolve()})
         object.__setattr__(self, "replies", replies)
         if self.secrets.dir is not None:
             object.__setattr__(self.secrets, "dir", (base / self.secrets.dir).resolve())
@@ -292,10 +325,20 @@ def _key_of(error: dict[str, Any], data: dict[str, Any]) -> str:
     return "".join(parts) or "<root>"
 
 
-def parse_config(data: dict[str, Any], base_dir: Path) -> BridgeConfig:
-    """Validate a config mapping; raise :class:`ConfigError` naming every bad key."""
+_INSTANCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+
+
+def parse_config(data: dict[str, Any], base_dir: Path, *, instance: str | None = None,
+                 state_dir: Path | None = None) -> BridgeConfig:
+    """Validate a config mapping; raise :class:`ConfigError` naming every bad key.
+
+    ``instance`` (one of several bridges run from one file) is appended to ``mqtt.client_id``
+    as ``-<instance>``; ``state_dir`` is where relative state files go (see BridgeConfig)."""
+    if instance is not None and not _INSTANCE.fullmatch(instance):
+        raise ConfigError(f"--instance: {instance!r} is not 1-64 letters, digits, '_', '.', '@' or '-'",
+                          key="--instance")
     try:
-        config = BridgeConfig.model_validate({**data, "base_dir": base_dir})
+        config = BridgeConfig.model_validate({**data, "base_dir": base_dir, "state_dir": state_dir})
     except ValidationError as exc:
         problems = [f"{_key_of(e, data)}: {e['msg']}" for e in exc.errors()]
         first = _key_of(exc.errors()[0], data)
@@ -308,11 +351,16 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> BridgeConfig:
                               f"routes[{seen[route.topic]}]; only one route would run", key=key)
         seen[route.topic] = i
     config.http.check()
+    if instance is not None:
+        mqtt = config.mqtt.model_copy(update={"client_id": f"{config.mqtt.client_id}-{instance}"})
+        config = config.model_copy(update={"mqtt": mqtt})
     return config
 
 
-def load_config(path: str | os.PathLike[str]) -> BridgeConfig:
-    """Read and validate the TOML file at ``path``."""
+def load_config(path: str | os.PathLike[str], *, instance: str | None = None,
+                state_dir: str | os.PathLike[str] | None = None) -> BridgeConfig:
+    """Read and validate the TOML file at ``path`` (``instance``, ``state_dir``: see
+    :func:`parse_config`; a relative ``state_dir`` is taken from the working directory)."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -322,9 +370,11 @@ def load_config(path: str | os.PathLike[str]) -> BridgeConfig:
         raise ConfigError(f"cannot read config file {path}: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
-    if "base_dir" in data:
-        raise ConfigError("base_dir: unknown key", key="base_dir")
-    return parse_config(data, path.parent.resolve())
+    for hidden in ("base_dir", "state_dir"):
+        if hidden in data:
+            raise ConfigError(f"{hidden}: unknown key", key=hidden)
+    return parse_config(data, path.parent.resolve(), instance=instance,
+                        state_dir=Path(state_dir).resolve() if state_dir is not None else None)
 
 
 class Environment(_Model):

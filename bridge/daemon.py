@@ -1,7 +1,8 @@
 """The daemon: load functions, connect, serve until SIGTERM/SIGINT, shut down cleanly.
 
-Shutdown: stop reading new messages (the subscriptions stay: the broker keeps queueing for
-the persistent session), let in-flight requests finish and be acknowledged within
+Shutdown: leave any share group (bridge.link: the other members take the group's requests
+from then on), stop reading new messages (other subscriptions stay: the broker keeps queueing
+for the persistent session), let in-flight requests finish and be acknowledged within
 ``limits.shutdown_grace`` seconds, then disconnect.  Requests still unfinished then are not
 acknowledged, so the broker redelivers them on the next start.
 """
@@ -17,6 +18,7 @@ from .config import BridgeConfig, environment, load_config
 from .crashguard import CrashGuard
 from .dispatch import Dispatcher, Route
 from .errors import BridgeError, ConfigError
+from .filelock import FileLock
 from .functions import FunctionInfo, Unavailable, module_path, split_spec
 from .http import HttpServer
 from .iotstudio import client as api_client
@@ -24,10 +26,12 @@ from .iotstudio.automation import ThingWriter
 from .link import BrokerLink
 from .message import Subscription
 from .replystore import ReplyStore
+from .routing import is_shared, subscription_topic
 from .stats import Stats
 from .workers import Executor, make_executor
 
 log = logging.getLogger("bridge.daemon")
+ATTEMPTS = "attempts.db"  # the crash guard's file, beside the reply store
 
 
 def check_handler_files(config: BridgeConfig) -> None:
@@ -54,16 +58,25 @@ def build_routes(config: BridgeConfig, functions: dict[str, FunctionInfo | Unava
     return routes
 
 
-def _subscriptions(routes: list[Route]) -> list[Subscription]:
-    return [Subscription(r.config.topic, r.config.qos) for r in routes]
+def _subscriptions(config: BridgeConfig, routes: list[Route]) -> list[Subscription]:
+    """One per route, in route order (v5 subscription id = index + 1), each in the share group
+    ``[mqtt] share_group`` when one is set."""
+    return [Subscription(subscription_topic(r.config.topic, config.mqtt.share_group), r.config.qos) for r in routes]
 
 
 class Bridge:
     """The running daemon: the broker link, one dispatcher, the executor running functions."""
 
-    def __init__(self, config: BridgeConfig, config_path: str | None = None) -> None:
+    def __init__(self, config: BridgeConfig, config_path: str | None = None, *,
+                 instance: str | None = None, state_dir: str | None = None) -> None:
         self.config = config
         self.config_path = config_path
+        self._load_options = {"instance": instance, "state_dir": state_dir}  # re-applied on reload
+        # First of all: a second bridge on the same state files must not touch them.
+        store = config.replies.store
+        self._locks = [FileLock(store, "replies.store"), FileLock(store.with_name(ATTEMPTS), "replies.store")]
+        if any(r.thing is not None for r in config.routes):
+            self._locks.append(FileLock(config.outbox.path, "outbox.path"))
         check_handler_files(config)
         runtime.configure(config)
         self.password = self._broker_password()
@@ -125,7 +138,7 @@ class Bridge:
         async with self._reloading:
             with self.notifier.reloading("reloading configuration", "serving"):
                 try:
-                    config = load_config(self.config_path)
+                    config = load_config(self.config_path, **self._load_options)
                     for section in ("mqtt", "workers", "http"):
                         if getattr(config, section) != getattr(self.config, section):
                             log.warning("[%s] changes take effect after a restart; kept as they are", section)
@@ -143,7 +156,7 @@ class Bridge:
                 self.executor.commit()
                 self.config, self.routes = config, routes
                 self.dispatcher.set_routes(config, routes)
-                self.link.set_subscriptions(_subscriptions(routes))
+                self.link.set_subscriptions(_subscriptions(config, routes))
                 log.info("reloaded %s: %d route(s)", self.config_path, len(routes))
 
     def stop(self) -> None:
@@ -184,7 +197,7 @@ class Bridge:
         self.routes = build_routes(self.config, functions)
         link = BrokerLink(
             self.config.mqtt,
-            _subscriptions(self.routes),
+            _subscriptions(self.config, self.routes),
             on_message=lambda m: dispatcher_ref[0].handle(m),
             on_published=lambda mid: dispatcher_ref[0].ledger.published(mid),
             receive_maximum=self.config.limits.max_in_flight,
@@ -196,7 +209,7 @@ class Bridge:
         )
         store = self.config.replies.store
         replies = ReplyStore(store, max_age=self.config.mqtt.session_expiry)
-        guard = CrashGuard(store.with_name("attempts.db"), max_age=self.config.mqtt.session_expiry)
+        guard = CrashGuard(store.with_name(ATTEMPTS), max_age=self.config.mqtt.session_expiry)
         dispatcher = Dispatcher(self.config, self.routes, link, loop, executor,
                                 things=self.things, replies=replies, guard=guard, stats=self.stats)
         if self.things is not None:
@@ -215,6 +228,11 @@ class Bridge:
             raise runner.exception()  # type: ignore[misc]
         ready.cancel()
         self.phase = "stopping"
+        if any(is_shared(s.topic) for s in link.requests.subscriptions):
+            # Leave the share group(s) first, serving meanwhile: what the broker already gave
+            # this bridge is answered here, new requests go to the other members.
+            self.notifier.notify_stopping("stopping: leaving the share group(s)")
+            await link.leave(self.config.limits.shutdown_grace)
         log.info("stopping: finishing %d in-flight request(s)", dispatcher.in_flight)
         self.notifier.notify_stopping(f"stopping: finishing {dispatcher.in_flight} in-flight request(s)")
         dispatcher.stop_intake()
@@ -232,5 +250,7 @@ class Bridge:
         api_client.shutdown()  # revokes cached tokens
         replies.close()
         guard.close()
+        for lock in self._locks:
+            lock.release()
         log.info("stopped")
         return 0

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
-from .contract import Context, Event, Response, error_body, error_response, normalise
+from .contract import Context, Event, Response, error_body, rules_for
 from .errors import HandlerLoadError, ResultError
 
 ENTRY_POINTS = ("handle", "handle_async")
@@ -38,7 +38,7 @@ class Function:
     def call(self, event: Event, context: Context) -> Any:
         """Call the function; for async functions this returns the coroutine."""
         if self.wants_context:
-            return self.func(event, context)
+            return self.func(event, context.for_call())
         return self.func(event)
 
     @property
@@ -185,19 +185,22 @@ def load_functions(handlers_dir: Path, specs: list[str], *, reload: bool = False
 
 
 def respond(function: Function, produce: Callable[[], Any]) -> Response:
-    """Run ``produce`` (which calls ``function``) and apply the result rules to its outcome.
+    """Run ``produce`` (which calls ``function``) and apply the result rules of the
+    function's style (bridge.contract.rules_for) to its outcome.
 
-    Whatever the function raises becomes IoT Studio's 500 error object, ``KeyboardInterrupt``,
+    Whatever the function raises becomes what its style makes of it (IoT Studio's 500 error
+    object; werkzeug HTTP errors keep their status for OpenFaaS functions), ``KeyboardInterrupt``,
     ``SystemExit`` and other ``BaseException`` subclasses included: a function must never end
     the process serving it.  A result that breaks the rules is a 500 naming the bad value.
     """
+    rules = rules_for(function.wants_context)
     try:
-        return normalise(produce())
+        return rules.response(produce())
     except ResultError as exc:
         return error_body(500, f"function {function.name} returned an invalid result: {exc}",
                           kind="ResultError", where=function.source_file or "")
     except BaseException as exc:  # noqa: BLE001 (see the docstring)
-        return error_response(exc, function.source_file)
+        return rules.error(exc, function.source_file)
 
 
 async def respond_async(function: Function, event: Event, context: Context) -> Response:
@@ -207,5 +210,5 @@ async def respond_async(function: Function, event: Event, context: Context) -> R
     except asyncio.CancelledError:
         raise  # the bridge cancelled it (a timeout): not the function's doing
     except BaseException as exc:  # noqa: BLE001
-        return error_response(exc, function.source_file)
+        return rules_for(function.wants_context).error(exc, function.source_file)
     return respond(function, lambda: result)

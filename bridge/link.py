@@ -5,8 +5,9 @@ single connection the PUBACKs of the bridge's own replies (which finish the requ
 flight) arrive between new requests, so reading could never stop; with a broker that ignores
 the Receive Maximum the bridge announces (mosquitto before 2.0.13 does once acknowledgements
 flow), a QoS 1 flood then piled up in the bridge's memory instead of waiting in the broker.
-Here the request connection only ever writes PUBACKs and SUBSCRIBEs, so at
-``limits.max_in_flight`` it stops reading and the rest of a flood stays with the broker.
+Here the request connection only ever writes PUBACKs and SUBSCRIBEs (and one marker when it
+leaves a share group, below), so at ``limits.max_in_flight`` it stops reading and the rest of
+a flood stays with the broker.
 
 * requests: client id ``mqtt.client_id``, the persistent session holding the subscriptions
   and every queued request; it announces ``limits.max_in_flight`` as Receive Maximum.
@@ -14,21 +15,31 @@ Here the request connection only ever writes PUBACKs and SUBSCRIBEs, so at
   PUBACKs; it subscribes to nothing.
 
 The dispatcher sees one :class:`BrokerLink`: publish on one side, acknowledge on the other.
+
+Leaving share groups (:meth:`BrokerLink.leave`, on SIGTERM): the broker hands a shared
+subscription's messages to the members' sessions, also to one that is away, so a bridge that
+stops without unsubscribing keeps receiving its share (answered when it comes back).  To leave
+for good, the bridge unsubscribes its shared filters and keeps serving until a marker it
+publishes to its own topic ``iot-bridge/leave/<client_id>``, queued behind everything the
+broker had already given it, comes back: then nothing of the group's waits in its session.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Callable
 
 from .config import MqttConfig
 from .message import Inbound, Outbound, Subscription
+from .routing import is_shared
 from .transport import Connection
 
 log = logging.getLogger("bridge.transport")
 
 REPLIES_SUFFIX = "-replies"
+LEAVE_PREFIX = "iot-bridge/leave/"
 
 
 def reply_client_id(config: MqttConfig) -> str:
@@ -56,9 +67,14 @@ class BrokerLink:
         self._session_lost = on_session_lost
         self._session_resumed = on_session_resumed
         self._replies_up = on_connected
+        self._deliver = on_message
+        # Wildcards are not allowed in a topic name: a client id holding one gets "_" instead.
+        self.leave_topic = LEAVE_PREFIX + "".join("_" if c in "+#\x00" else c for c in config.client_id)
+        self._marker: bytes | None = None
+        self._left = asyncio.Event()
         self.requests = Connection(
             config, client_id=config.client_id, name="requests", subscriptions=subscriptions,
-            on_message=on_message, on_connect=self._requests_connected, on_stale_pubrel=on_released,
+            on_message=self._on_request, on_connect=self._requests_connected, on_stale_pubrel=on_released,
             receive_maximum=receive_maximum, password=password,
         )
         self.replies = Connection(
@@ -74,6 +90,17 @@ class BrokerLink:
                 self._session_lost()
         elif self._session_resumed is not None:
             self._session_resumed()
+
+    def _on_request(self, msg: Inbound) -> None:
+        if not msg.topic.startswith(LEAVE_PREFIX):
+            self._deliver(msg)
+            return
+        # A leave marker is never a request: this bridge's own, a stale one from an earlier
+        # stop, or another member's that a wide filter (such as "#") matched.
+        if msg.qos:
+            self.requests.ack(msg.mid, msg.qos)
+        if msg.topic == self.leave_topic and self._marker is not None and msg.payload == self._marker:
+            self._left.set()
 
     def _replies_connected(self, _session_present: bool) -> None:
         if self._replies_up is not None:
@@ -120,6 +147,36 @@ class BrokerLink:
 
     def set_subscriptions(self, subscriptions: list[Subscription]) -> None:
         self.requests.set_subscriptions(subscriptions)
+
+    async def leave(self, timeout: float) -> bool:
+        """Leave every share group: unsubscribe the shared filters, keep taking requests until
+        the broker has handed over all it had given this bridge, then return True (False when
+        there was nothing to leave or the marker did not come back within ``timeout``
+        seconds: the rest then waits in this bridge's session for its next start)."""
+        subs = self.requests.subscriptions
+        keep = [s for s in subs if not is_shared(s.topic)]
+        if len(keep) == len(subs):
+            return False
+        if not self.requests.is_connected:
+            log.warning("not connected: still a member of the share group(s) until the next start")
+            return False
+        log.info("leaving the share group(s): unsubscribing %d shared filter(s)", len(subs) - len(keep))
+        self._marker = os.urandom(16).hex().encode()
+        # One connection, so the broker handles these in order: unsubscribe, subscribe to the
+        # marker's topic, then the marker goes to the end of this session's queue.
+        self.requests.set_subscriptions([*keep, Subscription(self.leave_topic, 1)])
+        self.requests.publish(Outbound(self.leave_topic, self._marker, 1))
+        try:
+            async with asyncio.timeout(timeout):
+                await self._left.wait()
+        except TimeoutError:
+            log.warning("left the share group(s), but the broker did not confirm within %g s; requests "
+                        "it had queued for this bridge wait for its next start", timeout)
+            return False
+        finally:
+            self.requests.set_subscriptions(keep)  # the marker's topic is unsubscribed again
+        log.info("left the share group(s): the other members take every new request")
+        return True
 
     async def close(self, timeout: float = 5.0) -> None:
         """Disconnect both; the request connection first, after its last acknowledgements."""

@@ -1,14 +1,44 @@
-"""Topic filters: matching (``+`` one level, ``#`` the rest), and where replies may go."""
+"""Topic filters: matching (``+`` one level, ``#`` the rest), shared subscriptions, and
+where replies may go.
+
+A shared subscription ``$share/<group>/<filter>`` makes the broker hand each message to one
+member of the group; the messages themselves carry topics matching ``<filter>``.  Everything
+here that matches topics works on that filter, so a route behaves the same shared or not.
+"""
 
 from __future__ import annotations
 
+SHARED_PREFIX = "$share/"
+
+
+def is_shared(topic_filter: str) -> bool:
+    return topic_filter.startswith(SHARED_PREFIX)
+
+
+def topic_filter_of(subscription: str) -> str:
+    """The topic filter of a subscription: ``$share/g/a/+`` -> ``a/+``; others unchanged."""
+    if subscription.startswith(SHARED_PREFIX):
+        return subscription.split("/", 2)[-1]
+    return subscription
+
+
+def subscription_topic(route_topic: str, share_group: str | None) -> str:
+    """What a route subscribes to: its topic, in the share group ``[mqtt] share_group`` when
+    one is set, unless the topic names its own group already."""
+    if share_group is None or route_topic.startswith(SHARED_PREFIX):
+        return route_topic
+    return f"{SHARED_PREFIX}{share_group}/{route_topic}"
+
 
 def matches(topic_filter: str, topic: str) -> bool:
-    """True when ``topic`` matches the MQTT ``topic_filter``.
+    """True when ``topic`` matches the MQTT ``topic_filter`` (a shared subscription's
+    ``$share/<group>/`` prefix is not part of the filter).
 
     As the MQTT spec requires, wildcards at the first level do not match topics starting
     with ``$`` (``#`` does not match ``$SYS/...``).
     """
+    if topic_filter.startswith(SHARED_PREFIX):
+        topic_filter = topic_filter.split("/", 2)[-1]
     if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
         return False
     f_levels = topic_filter.split("/")

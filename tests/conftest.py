@@ -47,7 +47,7 @@ def make_bridge(tmp_path: Path, broker: Broker) -> Iterator[BridgeFactory]:
 
     def make(routes: list[dict[str, Any]], *, on: Broker | None = None, start: bool = True,
              handlers_dir: Path = TEST_HANDLERS, name: str = "bridge", env: dict[str, str] | None = None,
-             **sections: Any) -> BridgeProcess:
+             args: list[str] | None = None, **sections: Any) -> BridgeProcess:
         b = on or broker
         config: dict[str, Any] = {
             "handlers_dir": str(handlers_dir),
@@ -60,7 +60,7 @@ def make_bridge(tmp_path: Path, broker: Broker) -> Iterator[BridgeFactory]:
         }
         for key, value in sections.items():
             config[key] = {**config.get(key, {}), **value}
-        proc = BridgeProcess(tmp_path / name, config, env=env or {})
+        proc = BridgeProcess(tmp_path / name, config, env=env or {}, args=args or [])
         started.append(proc)
         return proc.start() if start else proc
 

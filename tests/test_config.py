@@ -257,6 +257,60 @@ def test_config_is_frozen(tmp_path):
     assert config.routes[0].qos == 1
 
 
+# -- shared subscriptions, several bridges from one file --------------------------------------------
+
+@pytest.mark.parametrize("topic, message", [
+    ("$share", "a shared subscription is $share/<group>/<topic filter>"),
+    ("$share/g", "a shared subscription is $share/<group>/<topic filter>"),
+    ("$share/g/", "a shared subscription is $share/<group>/<topic filter>"),
+    ("$share//a", "a share group name is non-empty, without '/', '+' or '#'"),
+    ("$share/g+/a", "a share group name is non-empty, without '/', '+' or '#'"),
+    ("$share/#/a", "a share group name is non-empty, without '/', '+' or '#'"),
+    ("$share/g/$share/h/a", "a shared subscription names one group"),
+])
+def test_a_malformed_shared_subscription_names_the_key(topic, message):
+    err = _bad({"routes": [_route(), _route(topic=topic)]})
+    assert err.key == "routes[1].topic"
+    assert message in str(err)
+
+
+def test_share_group_is_a_group_name_and_route_topics_may_name_their_own():
+    topics = ["$share/g/a/+", "$share/g/#", "$share/gw-17.x/spaces/+/things/#", "plain/+"]
+    config = parse_config({"mqtt": {"share_group": "gateway-17"}, "routes": [_route(topic=t) for t in topics]},
+                          Path("/srv"))
+    assert config.mqtt.share_group == "gateway-17"
+    assert [r.topic for r in config.routes] == topics
+    assert parse_config({}, Path("/srv")).mqtt.share_group is None
+    for bad in ("", "a/b", "g+", "g#"):
+        err = _bad({"mqtt": {"share_group": bad}})
+        assert err.key == "mqtt.share_group"
+        assert "a share group name is non-empty, without '/', '+' or '#'" in str(err)
+
+
+def test_an_instance_extends_the_client_id_and_a_state_dir_takes_relative_state_files(tmp_path):
+    path = tmp_path / "bridge.toml"
+    path.write_text('[mqtt]\nclient_id = "gw"\n[outbox]\npath = "/abs/outbox.db"\n')
+    config = load_config(path, instance="2", state_dir=tmp_path / "state-2")
+    assert config.mqtt.client_id == "gw-2"
+    assert config.replies.store == tmp_path / "state-2" / "state" / "replies.db"
+    assert config.outbox.path == Path("/abs/outbox.db")  # absolute paths stay
+    plain = load_config(path)
+    assert (plain.mqtt.client_id, plain.replies.store) == ("gw", tmp_path / "state" / "replies.db")
+    path.write_text('state_dir = "/tmp"\n')  # only the command line sets it
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.key == "state_dir"
+
+
+@pytest.mark.parametrize("instance", ["", "a b", "a/b", "-x", "x" * 65])
+def test_a_bad_instance_name_is_refused(tmp_path, instance):
+    path = tmp_path / "bridge.toml"
+    path.write_text("")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, instance=instance)
+    assert info.value.key == "--instance"
+
+
 def test_two_routes_with_the_same_topic_filter_exit_2_naming_the_second():
     with pytest.raises(ConfigError) as info:
         parse_config({"routes": [{"topic": "a/+", "handler": "x"}, {"topic": "b", "handler": "y"},

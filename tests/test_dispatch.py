@@ -170,6 +170,20 @@ def test_a_stale_subscription_id_from_before_a_reload_does_not_pick_the_wrong_ro
     assert asyncio.run(scenario()) == "a/#"
 
 
+def test_shared_routes_are_found_by_subscription_id_and_by_their_topic_filter():
+    config = parse_config({"handlers_dir": str(TEST_HANDLERS), "mqtt": {"share_group": "g"}, "routes": [
+        {"topic": "b/#", "handler": "slow_async"}, {"topic": "$share/h/a/+", "handler": "slow_async"}]}, TEST_HANDLERS)
+
+    async def scenario() -> list[str | None]:
+        dispatcher = _dispatcher(Recorder(), config)
+        found = [dispatcher.route_for(Inbound("a/x", b"", subscription_ids=[2])),  # MQTT 5
+                 dispatcher.route_for(Inbound("a/x", b"")),  # MQTT 3.1.1: by matching
+                 dispatcher.route_for(Inbound("b/y", b""))]
+        return [r.config.topic if r else None for r in found]
+
+    assert asyncio.run(scenario()) == ["$share/h/a/+", "$share/h/a/+", "b/#"]
+
+
 def test_a_resent_pubrel_completes_finished_qos2_work_and_waits_for_running_work():
     async def scenario() -> tuple[list[int], list[int], Recorder]:
         recorder = Recorder()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.routing import ReplyPolicy, is_publishable, matches
+from bridge.routing import ReplyPolicy, is_publishable, matches, subscription_topic, topic_filter_of
 
 
 @pytest.mark.parametrize(
@@ -101,3 +101,27 @@ def test_reply_policy_cache_is_bounded():
     for i in range(ReplyPolicy.MAX_CACHED * 2):
         assert policy.refusal(f"t/{i}", requested=True) == ""
     assert len(policy._verdicts) <= ReplyPolicy.MAX_CACHED
+
+
+# -- shared subscriptions ------------------------------------------------------------------------
+
+def test_a_shared_subscription_matches_by_its_topic_filter():
+    assert matches("$share/g/a/+", "a/b") and matches("$share/g/#", "x/y") and matches("$share/g/a/#", "a")
+    assert not matches("$share/g/a/+", "b/c")
+    assert not matches("$share/g/#", "$SYS/x")  # the filter's first-level wildcard, not "$share"
+    assert not matches("$share/g/a", "$share/g/a")  # the prefix is not part of the filter
+
+
+def test_a_route_subscribes_in_the_share_group_unless_it_names_its_own():
+    assert subscription_topic("a/+", None) == "a/+"
+    assert subscription_topic("a/+", "g") == "$share/g/a/+"
+    assert subscription_topic("$share/h/a/+", "g") == "$share/h/a/+"
+    assert subscription_topic("$share/h/a/+", None) == "$share/h/a/+"
+    assert topic_filter_of("$share/h/a/+") == "a/+" and topic_filter_of("a/+") == "a/+"
+
+
+def test_reply_policy_refuses_a_reply_to_a_shared_routes_topic():
+    policy = ReplyPolicy(["#"], ["$share/g/functions/+"])
+    for requested in (True, False):
+        assert "loop" in policy.refusal("functions/echo", requested=requested)
+    assert policy.refusal("replies/echo", requested=True) == ""

@@ -30,6 +30,7 @@ from tests.support.clients import pub, rr
 from tests.support.waiting import file_lines
 
 UNIT = ROOT / "config" / "iot-bridge.service"
+TEMPLATE = ROOT / "config" / "iot-bridge@.service"
 PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1  # linux/prctl.h, Linux 6.3+
 
 
@@ -244,31 +245,37 @@ def test_disabled_without_notify_socket(caplog: pytest.LogCaptureFixture) -> Non
     assert "not a socket path" in caplog.text
 
 
-def _verify_copy(tmp_path: Path) -> Path:
+def _verify_copy(tmp_path: Path, unit: Path = UNIT) -> Path:
     """The unit with ExecStart pointing at this checkout's entry point, which exists here."""
     venv_bin = Path(sys.executable).parent
     if not (venv_bin / "iot-bridge").exists():
         pytest.skip("the iot-bridge entry point is not installed in this environment")
-    copy = tmp_path / UNIT.name
-    copy.write_text(UNIT.read_text().replace("/opt/iot-bridge/.venv/bin", str(venv_bin)))
+    copy = tmp_path / unit.name
+    copy.write_text(unit.read_text().replace("/opt/iot-bridge/.venv/bin", str(venv_bin)))
     return copy
 
 
-def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+@pytest.mark.parametrize("unit", [UNIT, TEMPLATE], ids=lambda u: u.name)
+def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path, unit: Path) -> None:
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed")
-    copy = _verify_copy(tmp_path)
+    copy = _verify_copy(tmp_path, unit)
     out = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=60)
     about_unit = [l for l in (out.stdout + out.stderr).splitlines() if copy.name in l]
     assert out.returncode == 0 and about_unit == [], out.stdout + out.stderr
 
 
-def test_unit_file_settings() -> None:
+def _settings(unit: Path) -> dict[str, list[str]]:
     settings: dict[str, list[str]] = {}
-    for line in UNIT.read_text().splitlines():
+    for line in unit.read_text().splitlines():
         if line and not line.startswith(("#", "[")):
             key, _, value = line.partition("=")
             settings.setdefault(key, []).append(value)
+    return settings
+
+
+def test_unit_file_settings() -> None:
+    settings = _settings(UNIT)
     one = {k: v[-1] for k, v in settings.items()}
     assert one["Type"] == "notify" and one["NotifyAccess"] == "main"
     assert one["ExecStart"] == "/opt/iot-bridge/.venv/bin/iot-bridge run --config /etc/iot-bridge/bridge.toml"
@@ -284,6 +291,20 @@ def test_unit_file_settings() -> None:
     assert one["ProtectSystem"] == "strict"
     assert one["RestrictAddressFamilies"] == "AF_UNIX AF_INET AF_INET6"
     assert one["MemoryMax"] == "1G"  # the whole service; workers are the kernel's first choice past it
+
+
+def test_template_unit_runs_each_instance_with_its_own_client_id_and_state() -> None:
+    plain, template = _settings(UNIT), _settings(TEMPLATE)
+    one = {k: v[-1] for k, v in template.items()}
+    assert one["ExecStart"] == ("/opt/iot-bridge/.venv/bin/iot-bridge run --config /etc/iot-bridge/bridge.toml "
+                                "--instance %i --state-dir %S/iot-bridge/%i")
+    assert one["StateDirectory"] == "iot-bridge/%i"
+    assert one["SyslogIdentifier"] == "iot-bridge@%i"
+    # Everything else (notify, watchdog, restart policy, credentials, sandbox) as the single unit.
+    differ = {"Description", "ExecStart", "StateDirectory", "SyslogIdentifier"}
+    assert {k: v for k, v in template.items() if k not in differ} == {k: v for k, v in plain.items() if k not in differ}
+    grace = LimitsConfig.model_fields["shutdown_grace"].default
+    assert float(one["TimeoutStopSec"]) >= 2 * grace + 5  # leaving the share group, then draining
 
 
 def test_bridge_serves_under_memory_deny_write_execute(make_bridge, broker, topic_prefix, tmp_path, monkeypatch):

@@ -62,6 +62,8 @@ class BridgeProcess:
     workdir: Path
     config: dict[str, Any]
     env: dict[str, str] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)  # more options for ``iot-bridge run``
+    log_name: str = "bridge.log"  # bridges sharing a workdir (and config file) log apart
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -70,7 +72,7 @@ class BridgeProcess:
 
     @property
     def log_path(self) -> Path:
-        return self.workdir / "bridge.log"
+        return self.workdir / self.log_name
 
     @property
     def http_url(self) -> str:
@@ -87,7 +89,7 @@ class BridgeProcess:
         log = open(self.log_path, "ab")
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bridge.cli", "run", "--config", str(self.config_path)],
+            [sys.executable, "-m", "bridge.cli", "run", "--config", str(self.config_path), *self.args],
             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
         )
         log.close()
