@@ -57,6 +57,22 @@ class Event:
     def __repr__(self) -> str:  # never shows the body: payloads stay out of logs
         return f"<Event {self.method} {self.path} {len(self.body)} bytes>"
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # An event crosses to a worker process as its parts, not as werkzeug's objects (which
+        # cost ~9 us to pickle and as much to unpickle, per request).
+        items = self.headers.__dict__.get("_items")
+        headers = list(self.headers.items()) if items is None else list(items)
+        query = list(self.query.items(multi=True)) if self.query else None
+        return _rebuild, (self.body, self.method, self.path, self.topic, headers, query)
+
+
+def _rebuild(body: bytes, method: str, path: str, topic: str, headers: list[tuple[str, str]],
+             query: list[tuple[str, str]] | None) -> Event:
+    event = Event(body, method=method, path=path, headers=headers, topic=topic)
+    if query:
+        event.query = ImmutableMultiDict(query)
+    return event
+
 
 @dataclass
 class Context:
