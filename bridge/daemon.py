@@ -28,7 +28,7 @@ from .message import Subscription
 from .replystore import ReplyStore
 from .routing import is_shared, subscription_topic
 from .stats import Stats
-from .workers import Executor, make_executor
+from .workers import Executor, Hooks, make_executor
 
 log = logging.getLogger("bridge.daemon")
 ATTEMPTS = "attempts.db"  # the crash guard's file, beside the reply store
@@ -181,10 +181,10 @@ class Bridge:
             self.http = HttpServer(self, self.http_token)
             await self.http.start()  # before loading: /__/health says "starting" meanwhile
         dispatcher_ref: list[Dispatcher] = []
-        executor = make_executor(self.config, loop, env.hostname,
-                                 on_start=lambda job: dispatcher_ref[0].started(job),
-                                 on_result=lambda job, response: dispatcher_ref[0].completed(job, response),
-                                 flush=lambda: dispatcher_ref and dispatcher_ref[0].publisher.flush())
+        executor = make_executor(self.config, loop, env.hostname, Hooks(
+            started=lambda job: dispatcher_ref[0].started(job),
+            finished=lambda job, response: dispatcher_ref[0].completed(job, response),
+            flush=lambda: dispatcher_ref and dispatcher_ref[0].publisher.flush()))
         self.executor = executor
         log.info("loading %d function(s) in %s mode", len({r.handler for r in self.config.routes if r.handler}),
                  self.config.workers.mode)
