@@ -10,12 +10,12 @@ CONFIG ?= config/bridge.toml
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(PATH):/usr/sbin
 
-.PHONY: run test compat bench check clean deps
+.PHONY: run test compat bench check clean deps browser
 
 run: $(VENV)/.installed
-	$(PY) -m bridge.devrun $(CONFIG)
+	$(PY) -m bridge.dev.run $(CONFIG)
 
-test: $(VENV)/.installed $(NODE_DIR)/.aedes-$(AEDES_VERSION)
+test: $(VENV)/.installed $(NODE_DIR)/.aedes-$(AEDES_VERSION) browser
 	$(VENV)/bin/pytest -q
 
 # The broker checks on RabbitMQ (rabbitmq-server with its MQTT plugin, a private node on free
@@ -33,9 +33,9 @@ check: $(VENV)/.installed
 
 deps:
 	@if ! command -v mosquitto >/dev/null || ! command -v mosquitto_rr >/dev/null \
-	   || ! python3 -c 'import ensurepip, venv' 2>/dev/null; then \
+	   || ! command -v curl >/dev/null || ! python3 -c 'import ensurepip, venv' 2>/dev/null; then \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	  $(SUDO) apt-get install -y -qq mosquitto mosquitto-clients python3-venv; \
+	  $(SUDO) apt-get install -y -qq mosquitto mosquitto-clients curl python3-venv; \
 	fi
 	@if ! command -v node >/dev/null || ! command -v npm >/dev/null; then \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
@@ -48,11 +48,16 @@ $(NODE_DIR)/.aedes-$(AEDES_VERSION):
 	npm install --no-audit --no-fund --silent --prefix $(NODE_DIR) aedes@$(AEDES_VERSION)
 	touch $@
 
+# The status page test drives Debian's chromium, headless (nothing is downloaded by the tests).
+browser:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  $(SUDO) apt-get install -y -qq chromium; }
+
 $(VENV)/.installed: pyproject.toml
 	@$(MAKE) --no-print-directory deps
 	[ -x $(PY) ] || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[dev,test]'
 	touch $@
 
 clean:

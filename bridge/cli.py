@@ -1,4 +1,4 @@
-"""Command line: ``iot-bridge run | check | invoke | dev-api``.
+"""Command line: ``iot-bridge run | check | invoke | new | dev-api``.
 
 Exit status: 0 success; 1 a problem found (``check``) or an error reply (``invoke``, status
 >= 400); 2 an invalid configuration or command line.
@@ -113,6 +113,18 @@ def cmd_invoke(args: argparse.Namespace) -> int:
     return 0 if response.status < 400 else 1
 
 
+def cmd_new(args: argparse.Namespace) -> int:
+    from .dev import scaffold
+
+    config = _load(args.config)
+    try:
+        print(scaffold.create(Path(args.config), config, args.name, openfaas=args.openfaas, is_async=args.is_async))
+    except ConfigError as exc:
+        print(f"iot-bridge: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_dev_api(args: argparse.Namespace) -> int:
     from .iotstudio import standin
 
@@ -144,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("--query", help="query string, e.g. 'name=x&n=1'")
     inv.add_argument("--topic", help="topic the request arrives on (default functions/python/HANDLER)")
     inv.set_defaults(func=cmd_invoke)
+    new = with_config(sub.add_parser("new", help="write handlers/NAME.py and add a route for it to the config"))
+    new.add_argument("name", help="module name of the new function")
+    new.add_argument("--openfaas", action="store_true", help="OpenFaaS python3-http style: handle(event, context)")
+    new.add_argument("--async", dest="is_async", action="store_true", help="an async def function")
+    new.set_defaults(func=cmd_new)
     dev = sub.add_parser("dev-api", help="serve a local IoT Studio API stand-in", add_help=False)
     dev.add_argument("rest", nargs=argparse.REMAINDER)
     dev.set_defaults(func=cmd_dev_api)

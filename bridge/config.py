@@ -7,6 +7,7 @@ directory of the config file.  The process environment is read here and nowhere 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -230,6 +231,55 @@ class SecretsConfig(_Model):
     dir: Path | None = None
 
 
+def split_listen(value: str) -> tuple[str, int]:
+    """``"host:port"`` (``"[::1]:port"`` for IPv6) as ``(host, port)``; raise ValueError."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, e.g. 127.0.0.1:8082, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+class HttpConfig(_Model):
+    """``[http]``: health, metrics, the status page and HTTP invocation (docs/operations.md)."""
+
+    listen: str = "127.0.0.1:8082"  # "" turns HTTP off
+    token_secret: Annotated[str, Field(min_length=1)] | None = None  # name of a secret
+    callback_timeout: Annotated[float, Field(gt=0)] = 10.0  # seconds per X-Callback-Url attempt
+    callback_attempts: Annotated[int, Field(ge=1, le=20)] = 5  # first try included
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        if value:
+            split_listen(value)
+        return value
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """``(host, port)`` to listen on, or None when HTTP is off."""
+        return split_listen(self.listen) if self.listen else None
+
+    def check(self) -> None:
+        """Refuse to listen off loopback without a token: anyone reaching the port could run
+        every function.  Raises :class:`ConfigError` naming ``http.token_secret``."""
+        if self.listen and not is_loopback(split_listen(self.listen)[0]) and self.token_secret is None:
+            raise ConfigError(f"http.token_secret: required when http.listen ({self.listen!r}) is not a "
+                              "loopback address; name the secret holding the bearer token",
+                              key="http.token_secret")
+
+
 class BridgeConfig(_Model):
     handlers_dir: Path = Path("handlers")
     mqtt: MqttConfig = MqttConfig()
@@ -241,6 +291,7 @@ class BridgeConfig(_Model):
     iot_studio: IotStudioConfig = IotStudioConfig()
     outbox: OutboxConfig = OutboxConfig()
     secrets: SecretsConfig = SecretsConfig()
+    http: HttpConfig = HttpConfig()
     # Where the config file lives; relative paths above are resolved against it.
     base_dir: Path = Field(default=Path("."), exclude=True)
     # ``iot-bridge run --state-dir``: relative state files (reply store, outbox) go here instead.
@@ -302,6 +353,7 @@ def parse_config(data: dict[str, Any], base_dir: Path, *, instance: str | None =
             raise ConfigError(f"invalid configuration:\n  {key}: {route.topic!r} is already the topic of "
                               f"routes[{seen[route.topic]}]; only one route would run", key=key)
         seen[route.topic] = i
+    config.http.check()
     if instance is not None:
         mqtt = config.mqtt.model_copy(update={"client_id": f"{config.mqtt.client_id}-{instance}"})
         config = config.model_copy(update={"mqtt": mqtt})

@@ -20,13 +20,15 @@ from .dispatch import Dispatcher, Route
 from .errors import BridgeError, ConfigError
 from .filelock import FileLock
 from .functions import FunctionInfo, Unavailable, module_path, split_spec
+from .http import HttpServer
 from .iotstudio import client as api_client
 from .iotstudio.automation import ThingWriter
 from .link import BrokerLink
 from .message import Subscription
 from .replystore import ReplyStore
 from .routing import is_shared, subscription_topic
-from .workers import Executor, make_executor
+from .stats import Stats
+from .workers import Executor, Hooks, make_executor
 
 log = logging.getLogger("bridge.daemon")
 ATTEMPTS = "attempts.db"  # the crash guard's file, beside the reply store
@@ -92,18 +94,27 @@ class Bridge:
         self.executor: Executor | None = None
         self._reloading: asyncio.Lock | None = None
         self.notifier = systemd.Notifier.from_environment()  # no-op unless run by systemd
+        # -- the HTTP side (bridge.http) reads these --
+        self.stats = Stats()
+        self.phase = "starting"  # "serving" once READY, "stopping" from SIGTERM on
+        self.http_token = self._secret("http.token_secret", config.http.token_secret)
+        self.http: HttpServer | None = None
 
     def _broker_password(self) -> str | None:
-        name = self.config.mqtt.password_secret
         directory = secretstore.location()
         if directory is not None:
             for warning in secretstore.check_permissions(directory):
                 log.warning("%s", warning)
+        return self._secret("mqtt.password_secret", self.config.mqtt.password_secret)
+
+    @staticmethod
+    def _secret(key: str, name: str | None) -> str | None:
+        """The secret a config ``key`` names, if it names one; :class:`ConfigError` if missing."""
         if name is None:
             return None
         store = secretstore.current()
         if store is None or not store.exists(name):
-            raise ConfigError(f"mqtt.password_secret: no secret named {name!r}", key="mqtt.password_secret")
+            raise ConfigError(f"{key}: no secret named {name!r}", key=key)
         return store.get(name)
 
     def request_reload(self) -> None:
@@ -118,7 +129,7 @@ class Bridge:
         The new functions are imported off the event loop (in new worker processes, or on a
         thread), so MQTT and the watchdog carry on.  A config that does not validate (or
         names a missing module) is logged and ignored: the running configuration keeps
-        serving.  ``[mqtt]`` and ``[workers]`` changes need a restart.
+        serving.  ``[mqtt]``, ``[workers]`` and ``[http]`` changes need a restart.
         """
         if self.config_path is None or self.dispatcher is None or self.link is None or self.executor is None:
             log.warning("reload requested but the bridge is not running from a config file")
@@ -128,7 +139,7 @@ class Bridge:
             with self.notifier.reloading("reloading configuration", "serving"):
                 try:
                     config = load_config(self.config_path, **self._load_options)
-                    for section in ("mqtt", "workers"):
+                    for section in ("mqtt", "workers", "http"):
                         if getattr(config, section) != getattr(self.config, section):
                             log.warning("[%s] changes take effect after a restart; kept as they are", section)
                             config = config.model_copy(update={section: getattr(self.config, section)})
@@ -154,6 +165,7 @@ class Bridge:
 
     async def _announce_ready(self, link: BrokerLink) -> None:
         await link.ready()
+        self.phase = "serving"  # /__/health answers 200 from now on, as READY=1 says
         log.info("ready: subscribed to %d topic filter(s)", len(self.routes))
         self.notifier.notify_ready(f"serving: subscribed to {len(self.routes)} topic filter(s)")
 
@@ -165,11 +177,14 @@ class Bridge:
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         self.notifier.start_watchdog(loop)  # pinged from this loop: a blocked loop stops it
+        if self.config.http.listen:
+            self.http = HttpServer(self, self.http_token)
+            await self.http.start()  # before loading: /__/health says "starting" meanwhile
         dispatcher_ref: list[Dispatcher] = []
-        executor = make_executor(self.config, loop, env.hostname,
-                                 on_start=lambda job: dispatcher_ref[0].started(job),
-                                 on_result=lambda job, response: dispatcher_ref[0].completed(job, response),
-                                 flush=lambda: dispatcher_ref and dispatcher_ref[0].publisher.flush())
+        executor = make_executor(self.config, loop, env.hostname, Hooks(
+            started=lambda job: dispatcher_ref[0].started(job),
+            finished=lambda job, response: dispatcher_ref[0].completed(job, response),
+            flush=lambda: dispatcher_ref and dispatcher_ref[0].publisher.flush()))
         self.executor = executor
         log.info("loading %d function(s) in %s mode", len({r.handler for r in self.config.routes if r.handler}),
                  self.config.workers.mode)
@@ -198,7 +213,7 @@ class Bridge:
         replies = ReplyStore(store, max_age=self.config.mqtt.session_expiry)
         guard = CrashGuard(store.with_name(ATTEMPTS), max_age=self.config.mqtt.session_expiry)
         dispatcher = Dispatcher(self.config, self.routes, link, loop, executor,
-                                things=self.things, replies=replies, guard=guard)
+                                things=self.things, replies=replies, guard=guard, stats=self.stats)
         if self.things is not None:
             self.things.start()  # also delivers what a previous run left in the outbox
         dispatcher_ref.append(dispatcher)
@@ -214,6 +229,7 @@ class Bridge:
         if runner.done() and runner.exception() is not None:
             raise runner.exception()  # type: ignore[misc]
         ready.cancel()
+        self.phase = "stopping"
         if any(is_shared(s.topic) for s in link.requests.subscriptions):
             # Leave the share group(s) first, serving meanwhile: what the broker already gave
             # this bridge is answered here, new requests go to the other members.
@@ -227,6 +243,8 @@ class Bridge:
         if not await dispatcher.drain(self.config.limits.shutdown_grace):
             log.warning("%d request(s) unfinished after %g s; the broker will redeliver them",
                         dispatcher.in_flight, self.config.limits.shutdown_grace)
+        if self.http is not None:
+            await self.http.close(min(self.config.limits.shutdown_grace, 5.0))
         await link.close()
         runner.cancel()
         await executor.close(grace=1.0)

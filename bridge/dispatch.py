@@ -10,6 +10,7 @@ business of :mod:`bridge.delivery`; the transport is the only thing that talks t
 * At most ``limits.max_in_flight`` requests, and about ``limits.max_in_flight_bytes`` of
   their payloads, are in flight at once; at either bound the link stops reading requests, and
   the rest wait in the broker (bridge.link).
+* HTTP invocations come in through :meth:`Dispatcher.call` and run on the same path.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, Protocol
 
 from .codec import check_request, encode_reply, event_from_message
 from .config import BridgeConfig, RouteConfig
-from .contract import Response, error_body
+from .contract import Event, Response, error_body
 from .crashguard import CrashGuard
 from .delivery import Held, Ledger, Link
 from .functions import FunctionInfo, Unavailable
@@ -30,6 +31,7 @@ from .iotstudio.automation import ThingSink, write_thing
 from .message import Inbound, Outbound
 from .replystore import ReplyStore
 from .routing import ReplyPolicy, matches
+from .stats import REJECTION_REASONS, RouteStats, Stats
 from .workers import Executor
 
 log = logging.getLogger("bridge.dispatch")
@@ -57,6 +59,7 @@ class Route:
     function: FunctionInfo | Unavailable | None
     active: int = 0
     pending: deque["Job"] = field(default_factory=deque)
+    stats: RouteStats = None  # type: ignore[assignment]  (set by the dispatcher)
 
 
 @dataclass(eq=False, slots=True)
@@ -69,6 +72,8 @@ class Job(Held):
     timer: asyncio.TimerHandle | None = None
     call: Any = None  # the executor's handle on the running call
     guard_key: str | None = None  # counted by the crash guard (a redelivered request)
+    event: Event | None = None  # an HTTP call's Event (see Dispatcher.call); else built from msg
+    caller: asyncio.Future[Response] | None = None  # an HTTP call is answered here, not over MQTT
 
 
 @dataclass(eq=False)
@@ -81,6 +86,7 @@ class Dispatcher:
     things: ThingSink | None = None
     replies: ReplyStore | None = None
     guard: CrashGuard | None = None
+    stats: Stats = field(default_factory=Stats)
     in_flight: int = 0
     in_flight_bytes: int = 0  # payload bytes of the requests in flight
     peak_in_flight: int = 0  # the most requests ever in flight at once
@@ -102,6 +108,9 @@ class Dispatcher:
         self._reply_policy = ReplyPolicy(self.config.replies.allowed_topics, [r.config.topic for r in self.routes])
         self._log_payloads = self.config.logging.log_payloads
         self._access = self.config.logging.access
+        for route in self.routes:
+            source = route.function.source_file if isinstance(route.function, FunctionInfo) else None
+            route.stats = self.stats.route(route.config.topic, route.config.handler, source)
 
     # -- intake -------------------------------------------------------------------------------
     def set_routes(self, config: BridgeConfig, routes: list[Route]) -> None:
@@ -128,6 +137,7 @@ class Dispatcher:
         route = self.route_for(msg)
         if route is None:
             log.warning("no route for topic %r; acknowledged and dropped", msg.topic)
+            self.stats.refused("no_route")
             self.ledger.ignore(msg)
             return
         job = Job(msg, route=route, reply_to=self._reply_topic(msg, route), arrived=self.loop.time())
@@ -145,14 +155,47 @@ class Dispatcher:
                                              kind="CrashLoop"))
                 return
         rejection = check_request(msg, self.config.limits.max_payload)
-        function = route.function
         if rejection is not None:
+            self.stats.refused(REJECTION_REASONS.get(rejection.status, "method"))
             self._finish(job, rejection)
-        elif isinstance(function, Unavailable):
+        else:
+            self._run(job)
+
+    def call(self, route: Route, event: Event) -> asyncio.Future[Response]:
+        """Run ``route``'s function on ``event`` as an MQTT request on that route is run (the
+        HTTP front end's only way in; event loop thread).
+
+        Same executor, concurrency, timeout, ``limits.max_in_flight`` slot, logging, metrics
+        and result rules; ``await`` the returned future for the Response.  The future is
+        already done when the request is refused without running: at the in-flight bound
+        (429), shutting down (503), or a function that failed to import (503).
+        """
+        future: asyncio.Future[Response] = self.loop.create_future()
+        if self._closing:
+            self.stats.refused("shutting_down")
+            future.set_result(error_body(503, "the bridge is shutting down", kind="ShuttingDown"))
+        elif self.in_flight >= self._max:
+            self.stats.refused("max_in_flight")
+            future.set_result(error_body(429, f"{self.in_flight} requests in flight: at limits.max_in_flight",
+                                         kind="TooManyRequests"))
+        else:
+            # The route's topic stands in for the MQTT topic in logs and Thing writes.
+            job = Job(Inbound(route.config.topic, event.body), route=route, arrived=self.loop.time(),
+                      event=event, caller=future)
+            self._take(job)
+            self._run(job)
+        return future
+
+    def _run(self, job: Job) -> None:
+        """Start the job's function, queue it for a concurrency slot, or answer why it cannot
+        run (MQTT requests and HTTP calls alike)."""
+        route, function = job.route, job.route.function
+        if isinstance(function, Unavailable):
+            self.stats.refused("unavailable")
             self._finish(job, error_body(503, f"function {function.name} is unavailable: {function.reason}",
                                          kind="ImportError"))
         elif function is None:  # a no-code Thing route: the payload is the update
-            self._finish(job, write_thing(self.things, route.config.thing, msg, None))  # type: ignore[arg-type]
+            self._finish(job, write_thing(self.things, route.config.thing, job.msg, None))  # type: ignore[arg-type]
         elif route.active < route.config.concurrency:
             self._start(job)
         else:
@@ -167,6 +210,7 @@ class Dispatcher:
             return None
         verdict = self._reply_policy.refusal(topic, requested=requested)
         if verdict:
+            self.stats.refused("reply_topic")
             log.warning("%s %r %s; no reply published", "response topic" if requested else "reply topic",
                         topic, verdict)
             return None
@@ -189,7 +233,8 @@ class Dispatcher:
         route.active += 1
         job.running = True
         assert self.executor is not None and route.config.handler is not None
-        self.executor.submit(job, route.config.handler, event_from_message(job.msg))
+        event = job.event if job.event is not None else event_from_message(job.msg)
+        self.executor.submit(job, route.config.handler, event)
 
     def started(self, job: Job) -> None:
         """The executor started the call: its timeout counts from now."""
@@ -235,6 +280,9 @@ class Dispatcher:
             if job.route.config.thing is not None and response.status < 300 and job.route.function is not None:
                 response = write_thing(self.things, job.route.config.thing, job.msg, response)
             self._report(job, response)
+            if job.caller is not None:  # an HTTP call: answered there, nothing to publish or ack
+                self._answer_call(job, response)
+                return
             out = self._encode(job, response) if job.reply_to is not None else None
         except Exception:
             log.exception("answering a request on %s failed; acknowledged without a reply", job.msg.topic)
@@ -244,6 +292,15 @@ class Dispatcher:
         except Exception:
             log.exception("publishing the reply to %s failed; acknowledged without a reply", job.reply_to)
             self.ledger.send(job, None)
+        job.route.stats.done(response, self.loop.time() - job.arrived)
+
+    def _answer_call(self, job: Job, response: Response) -> None:
+        """Hand an HTTP call its response and free its slot (it has no ack to wait for)."""
+        assert job.caller is not None
+        if not job.caller.done():  # done: the caller gave up waiting
+            job.caller.set_result(response)
+        job.route.stats.done(response, self.loop.time() - job.arrived)
+        self._released_slot(job)
 
     def _encode(self, job: Job, response: Response) -> Outbound:
         msg, fmt = job.msg, job.route.config.reply_format

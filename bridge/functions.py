@@ -9,6 +9,7 @@ OpenFaaS's ``handle(event, context)``; ``async def`` functions are awaited.
 from __future__ import annotations
 
 import asyncio
+import importlib.machinery
 import importlib.util
 import inspect
 import sys
@@ -77,6 +78,15 @@ def split_spec(spec: str) -> tuple[str, str | None]:
     return module.strip(), (attr.strip() or None)
 
 
+class _SourceLoader(importlib.machinery.SourceFileLoader):
+    """Compiles the function's file at every import, never from a cached ``.pyc``: the cache
+    is keyed by the file's size and its mtime in whole seconds, so an edit that keeps the size
+    within the same second (a quick fix under ``make run``) would reload the old code."""
+
+    def get_code(self, fullname: str) -> Any:
+        return self.source_to_code(self.get_data(self.path), self.path)
+
+
 def _import(module: str, path: Path, reload: bool) -> ModuleType:
     existing = sys.modules.get(module)
     if existing is not None:
@@ -88,7 +98,7 @@ def _import(module: str, path: Path, reload: bool) -> ModuleType:
                 f"module name {module!r} clashes with an already imported module "
                 f"({getattr(existing, '__file__', 'built-in')}); rename the handler file"
             )
-    spec = importlib.util.spec_from_file_location(module, path)
+    spec = importlib.util.spec_from_file_location(module, path, loader=_SourceLoader(module, str(path)))
     if spec is None or spec.loader is None:
         raise HandlerLoadError(f"cannot load {path}")
     mod = importlib.util.module_from_spec(spec)

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from tests.support.bridgeproc import EXAMPLES, TEST_HANDLERS, BridgeProcess
-from tests.support.broker import Broker, mosquitto_available
+from tests.support.broker import Broker, free_port, mosquitto_available
 
 if not mosquitto_available():  # pragma: no cover - make test installs it
     raise pytest.UsageError("mosquitto is not installed: run `make test`, which installs it")
@@ -54,6 +54,8 @@ def make_bridge(tmp_path: Path, broker: Broker) -> Iterator[BridgeFactory]:
             "mqtt": {"host": "127.0.0.1", "port": b.port, "client_id": f"{name}-{tmp_path.name}"[:60],
                      "reconnect_min_delay": 0.1, "reconnect_max_delay": 1.0},
             "replies": {"allowed_topics": ["replies/#"]},
+            # Its own port: never the default 8082, which another bridge on the machine may hold.
+            "http": {"listen": f"127.0.0.1:{free_port()}"},
             "routes": routes,
         }
         for key, value in sections.items():

@@ -13,6 +13,7 @@ Both run a call the same way (bridge.workers.local), with the same contract and 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from ..config import BridgeConfig
@@ -20,12 +21,17 @@ from ..contract import Event, Response
 from ..functions import FunctionInfo, Unavailable
 
 
-class Executor(Protocol):
-    """Runs calls for the dispatcher, on the event loop thread.
+@dataclass(frozen=True, slots=True)
+class Hooks:
+    """What an executor tells the dispatcher, on the event loop thread."""
 
-    ``on_start(job)`` is called when a call really starts (its timeout counts from then) and
-    ``on_result(job, response)`` once with its outcome, whatever happened to it.
-    """
+    started: Callable[[Any], None]  # a call really started: its timeout counts from now
+    finished: Callable[[Any, Response], None]  # its outcome, once, whatever happened to it
+    flush: Callable[[], None]  # a batch of outcomes was handed over: write the replies now
+
+
+class Executor(Protocol):
+    """Runs calls for the dispatcher, on the event loop thread, and tells it through :class:`Hooks`."""
 
     mode: str
     restarts: int
@@ -49,13 +55,11 @@ class Executor(Protocol):
         """Where calls run now (name, pid, state, calls), for logs and the status page."""
 
 
-def make_executor(config: BridgeConfig, loop: asyncio.AbstractEventLoop, hostname: str,
-                  on_start: Callable[[Any], None], on_result: Callable[[Any, Response], None],
-                  flush: Callable[[], None]) -> Executor:
+def make_executor(config: BridgeConfig, loop: asyncio.AbstractEventLoop, hostname: str, hooks: Hooks) -> Executor:
     if config.workers.mode == "thread":
         from .threads import ThreadExecutor
 
-        return ThreadExecutor(loop, hostname, on_start, on_result, flush)
+        return ThreadExecutor(loop, hostname, hooks)
     from .pool import ProcessExecutor
 
-    return ProcessExecutor(loop, hostname, on_start, on_result, flush)
+    return ProcessExecutor(loop, hostname, hooks)

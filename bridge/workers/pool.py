@@ -24,13 +24,14 @@ import itertools
 import logging
 import time
 from collections import deque
-from typing import Any, Callable
+from typing import Any
 
 from ..config import BridgeConfig
-from ..contract import Event, Response, error_body
+from ..contract import Event, error_body
 from ..errors import BridgeError
 from ..functions import FunctionInfo, Unavailable
-from . import wire
+from ..stats import worker_restarted
+from . import Hooks, wire
 from .probe import infos_from_report
 from .process import WorkerProcess
 
@@ -58,14 +59,12 @@ class ProcessExecutor:
 
     mode = "process"
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, hostname: str,
-                 on_start: Callable[[Any], None], on_result: Callable[[Any, Response], None],
-                 flush: Callable[[], None]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, hostname: str, hooks: Hooks) -> None:
         self._loop = loop
         self._hostname = hostname
-        self._on_start = on_start
-        self._on_result = on_result
-        self._flush = flush
+        self._on_start = hooks.started
+        self._on_result = hooks.finished
+        self._flush = hooks.flush
         self._numbers = itertools.count(1)
         self._call_ids = itertools.count(1)
         self._current: Generation | None = None
@@ -237,6 +236,7 @@ class ProcessExecutor:
 
     def _replace(self, gen: Generation, worker: WorkerProcess) -> None:
         self.restarts += 1
+        worker_restarted()  # iot_bridge_worker_restarts_total
         now = time.monotonic()
         self._deaths.append(now)
         # Many replacements in a short time (a crash loop): slow down, never stop.

@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Any, Callable
+from typing import Any
 
 from .. import runtime
 from ..config import BridgeConfig
 from ..contract import Context, Event, Response, error_body
 from ..functions import Function, FunctionInfo, Unavailable, load_functions
+from . import Hooks
 from .local import LocalRunner
 from .probe import probe
 
@@ -31,14 +32,12 @@ class ThreadExecutor:
 
     mode = "thread"
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, hostname: str,
-                 on_start: Callable[[Any], None], on_result: Callable[[Any, Response], None],
-                 flush: Callable[[], None]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, hostname: str, hooks: Hooks) -> None:
         self._loop = loop
         self._hostname = hostname
-        self._on_start = on_start
-        self._on_result = on_result
-        self._flush = flush
+        self._on_start = hooks.started
+        self._on_result = hooks.finished
+        self._flush = hooks.flush
         self._runner = LocalRunner(Context(hostname), self._done)
         self._functions: dict[str, Function] = {}
         self._next: dict[str, Function] = {}

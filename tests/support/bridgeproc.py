@@ -74,6 +74,11 @@ class BridgeProcess:
     def log_path(self) -> Path:
         return self.workdir / self.log_name
 
+    @property
+    def http_url(self) -> str:
+        """``http://host:port`` of the bridge's HTTP endpoint (``[http] listen``)."""
+        return "http://" + self.config["http"]["listen"]
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

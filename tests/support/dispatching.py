@@ -10,6 +10,7 @@ from bridge.config import BridgeConfig
 from bridge.daemon import build_routes
 from bridge.dispatch import Dispatcher
 from bridge.functions import Function, Unavailable, load_functions
+from bridge.workers import Hooks
 from bridge.workers.threads import ThreadExecutor
 
 
@@ -24,9 +25,9 @@ def dispatcher(config: BridgeConfig, recorder: Any, functions: dict[str, Functio
     loop = asyncio.get_running_loop()
     functions = load(config) if functions is None else functions
     ref: list[Dispatcher] = []
-    executor = ThreadExecutor(loop, "localhost", on_start=lambda job: ref[0].started(job),
-                              on_result=lambda job, response: ref[0].completed(job, response),
-                              flush=lambda: ref[0].publisher.flush())
+    executor = ThreadExecutor(loop, "localhost", Hooks(started=lambda job: ref[0].started(job),
+                                                       finished=lambda job, response: ref[0].completed(job, response),
+                                                       flush=lambda: ref[0].publisher.flush()))
     executor.prepare(config, functions)
     executor.commit()
     infos = {spec: f.info if isinstance(f, Function) else f for spec, f in functions.items()}
