@@ -10,7 +10,6 @@ are pending: they are read when reading resumes), except before the CONNACK, whi
 from __future__ import annotations
 
 import asyncio
-import ssl
 import time
 from typing import Any, Protocol
 
@@ -22,9 +21,9 @@ class PacketClient(Protocol):
 
     def socket(self) -> Any: ...
     def read_packet(self) -> bool: ...  # read one packet; False when nothing more can be read now
+    def pending(self) -> bool: ...  # bytes read (or decrypted) that the selector cannot see
     def want_write(self) -> bool: ...
     def loop_write(self) -> Any: ...
-    def loop_read(self) -> Any: ...
     def loop_misc(self) -> Any: ...
 
 
@@ -67,8 +66,8 @@ class Pump:
             return
         if on:
             self.loop.add_reader(sock, self._read)
-            if isinstance(sock, ssl.SSLSocket) and sock.pending():
-                self.loop.call_soon(self._read)  # decrypted bytes the selector cannot see
+            if self.client.pending():
+                self.loop.call_soon(self._read)  # bytes already read, which the selector cannot see
         else:
             self.loop.remove_reader(sock)
         self._reader_on = on
@@ -84,6 +83,8 @@ class Pump:
             self._misc_timer.cancel()
 
     def _read(self) -> None:
+        if not self._reader_on:
+            return  # paused since this read was scheduled (bytes the selector cannot see)
         client = self.client
         self.last_read = time.monotonic()
         # One packet at a time, checking after each whether reading must stop (a callback may
@@ -91,10 +92,10 @@ class Pump:
         for _ in range(READ_BURST):
             if not client.read_packet() or client.socket() is None or not self._reader_on:
                 return
-        sock = client.socket()
-        # TLS may hold decrypted bytes the selector cannot see.
-        while isinstance(sock, ssl.SSLSocket) and sock.pending() and client.socket() is sock and self._reader_on:
-            client.loop_read()
+        if client.pending() and self.loop is not None:
+            # The burst ended with bytes already read (or decrypted by TLS): the selector
+            # cannot see those, so read on at the next loop iteration.
+            self.loop.call_soon(self._read)
 
     # -- writing ------------------------------------------------------------------------------
     def register_write(self) -> None:

@@ -1,7 +1,8 @@
-"""One MQTT connection on the asyncio loop: the only module that imports paho-mqtt.
+"""One MQTT connection on the asyncio loop.
 
-paho runs on the loop through its external-loop hooks, so every paho call happens on one
-thread, without locks.  Incoming messages become :class:`~bridge.message.Inbound` here, once.
+paho (bridge.mqttclient, the only module that imports it) runs on the loop through its
+external-loop hooks, so every paho call happens on one thread, without locks.  Incoming
+messages become :class:`~bridge.message.Inbound` once, as paho reads them.
 :mod:`bridge.link` pairs two connections: one for requests, one for replies.  Opening the
 socket, the protocol version, the backoff and client-id clashes are :mod:`bridge.connecting`;
 the broker's promises (session, granted QoS, Receive Maximum) are :mod:`bridge.promises`.
@@ -21,86 +22,15 @@ import socket
 import ssl
 from typing import Any, Callable
 
-import paho.mqtt.client as paho
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
-
+from . import mqttclient
 from .config import MqttConfig
 from .connecting import REFUSED, Backoff, ClashWatch, ProtocolChoice, keep_connected
 from .errors import TransportError
-from .message import Inbound, Outbound, Subscription, pack_publish_properties
+from .message import Inbound, Outbound, Subscription
 from .promises import SessionSubscriptions
 from .pump import Pump
 
 log = logging.getLogger("bridge.transport")
-
-RECV_CHUNK = 256 * 1024  # bytes asked of the socket per read
-
-class _PublishProperties(Properties):
-    """PUBLISH properties packed directly from an Outbound.
-
-    paho's Properties validates every attribute assignment; building one per reply cost more
-    than the rest of the reply path together.  The wire format is MQTT v5 section 2.2.2.
-    """
-
-    def __init__(self, out: Outbound) -> None:
-        object.__setattr__(self, "packetType", PacketTypes.PUBLISH)
-        object.__setattr__(self, "_packed", pack_publish_properties(out))
-
-    def pack(self) -> bytes:
-        return self._packed  # type: ignore[no-any-return]
-
-
-class _Client(paho.Client):
-    """paho's client, connected over a socket opened on the loop (:func:`open_socket`), and
-    reporting a PUBREL for a QoS 2 message it already delivered.
-
-    With manual acks paho ignores those PUBRELs; they come after a resumed session when the
-    PUBCOMP was lost with the old connection, and unanswered they would stay in flight forever.
-    """
-
-    on_stale_pubrel: Callable[[int], None] | None = None
-    prepared_socket: socket.socket | None = None
-    version = 5
-
-    def _create_socket(self) -> Any:
-        # paho's own would resolve and connect synchronously, blocking the event loop.
-        sock, self.prepared_socket = self.prepared_socket, None
-        if sock is None:
-            raise OSError("no connected socket to use")
-        return sock
-
-    def tls_context(self) -> ssl.SSLContext | None:
-        return self._ssl_context if self._ssl else None
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        # paho asks for the whole rest of a packet at once: a buffer of that size per call, for
-        # a large payload many times over, and the allocator keeps the memory.
-        return super()._sock_recv(min(bufsize, RECV_CHUNK))
-
-    def read_packet(self) -> bool:
-        # loop_read() reads one packet when nothing is in flight and does not say whether the
-        # socket is drained; the packet reader does.
-        rc = self._packet_read()
-        if rc == paho.MQTT_ERR_AGAIN:
-            return False
-        if rc != paho.MQTT_ERR_SUCCESS:
-            self._loop_rc_handle(rc)
-            return False
-        return True
-
-    def drop_socket(self) -> None:
-        """Close the socket without a DISCONNECT (no session was established on it)."""
-        self._sock_close()
-
-    def _handle_pubrel(self) -> paho.MQTTErrorCode:
-        mid = int.from_bytes(self._in_packet["packet"][:2], "big")
-        known = mid in self._in_messages
-        rc = super()._handle_pubrel()
-        if not known and self.on_stale_pubrel is not None:
-            self.on_stale_pubrel(mid)
-        return rc
 
 
 class Connection:
@@ -156,19 +86,13 @@ class Connection:
         self._pump = Pump(self._client)
 
     # -- setup --------------------------------------------------------------------------------
-    def _make_client(self) -> _Client:
+    def _make_client(self) -> mqttclient.Client:
         c = self.config
         v5 = self.protocol.v5
-        client = _Client(
-            paho.CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
-            clean_session=None if v5 else False,
-            manual_ack=True,
-            reconnect_on_failure=False,  # no reconnects of paho's own (its 3.1 downgrade)
-        )
-        client.suppress_exceptions = True  # a bug in a callback must not kill the network loop
+        client = mqttclient.Client(self.client_id, v5)
         client.on_stale_pubrel = self._stale_pubrel
+        client.on_inbound = self._deliver_inbound
+        client.on_acked = self._published
         client.version = self.protocol.version
         if c.username is not None:
             client.username_pw_set(c.username, self._password)
@@ -192,22 +116,10 @@ class Connection:
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_register_write
         client.on_socket_unregister_write = self._on_unregister_write
-        client.connect_async(c.host, c.port, c.keepalive, properties=self._connect_properties(v5),
-                             clean_start=False if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY)
+        props = mqttclient.connect_properties(v5, c.session_expiry, self._receive_maximum, self._max_packet_size)
+        client.connect_async(c.host, c.port, c.keepalive, properties=props,
+                             clean_start=False if v5 else mqttclient.CLEAN_START_FIRST_ONLY)
         return client
-
-    def _connect_properties(self, v5: bool) -> Properties | None:
-        if not v5:
-            return None
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self.config.session_expiry
-        if self._receive_maximum is not None:
-            # A compliant broker never sends more unacknowledged QoS >= 1 messages than this.
-            props.ReceiveMaximum = min(self._receive_maximum, 65535)
-        if self._max_packet_size is not None:
-            # A compliant broker drops a larger message for this client instead of sending it.
-            props.MaximumPacketSize = self._max_packet_size
-        return props
 
     # -- connecting (driven by bridge.connecting.keep_connected) ------------------------------
     async def run(self) -> None:
@@ -242,7 +154,7 @@ class Connection:
         self.down.set()
 
     # -- paho callbacks (all on the loop thread) ----------------------------------------------
-    def _on_connect(self, client: paho.Client, _u: Any, flags: Any, reason: Any, props: Any) -> None:
+    def _on_connect(self, client: mqttclient.Client, _u: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
             self.refusal = f"{REFUSED}: {reason}"
             self._settle_connack(False)
@@ -267,7 +179,7 @@ class Connection:
         if self._connack is not None and not self._connack.done():
             self._connack.set_result(accepted)
 
-    def _subscribe_all(self, client: paho.Client, session_present: bool) -> None:
+    def _subscribe_all(self, client: mqttclient.Client, session_present: bool) -> None:
         subs = self.subs
         if subs.unsubscribe:
             client.unsubscribe(sorted(subs.unsubscribe))
@@ -279,16 +191,8 @@ class Connection:
             self.connected.set()
             return
         for index, sub in enumerate(subs.wanted, start=1):
-            if self.protocol.v5:
-                props_sub = Properties(PacketTypes.SUBSCRIBE)
-                # The id comes back on each message: it names the route without matching.
-                props_sub.SubscriptionIdentifier = index
-                # Retained requests are delivered only when the subscription is new.
-                options = SubscribeOptions(qos=sub.qos, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
-                rc, mid = client.subscribe(sub.topic, options=options, properties=props_sub)
-            else:
-                rc, mid = client.subscribe(sub.topic, qos=sub.qos)
-            if rc == paho.MQTT_ERR_SUCCESS and mid is not None:
+            rc, mid = mqttclient.subscribe(client, sub, index, self.protocol.v5)
+            if rc == mqttclient.ERR_SUCCESS and mid is not None:
                 subs.sent(mid, sub)
         if not subs.pending:
             self.connected.set()
@@ -304,14 +208,14 @@ class Connection:
     def subscriptions(self) -> list[Subscription]:
         return self.subs.wanted
 
-    def _on_subscribe(self, _c: paho.Client, _u: Any, mid: int, reasons: Any, _p: Any) -> None:
+    def _on_subscribe(self, _c: mqttclient.Client, _u: Any, mid: int, reasons: Any, _p: Any) -> None:
         granted = [None if r.is_failure else int(r.value) for r in reasons]
         if self.subs.acknowledged(mid, granted):
             if self.subs.held is not None and self._subscribed_cb is not None:
                 self._subscribed_cb(self.subs.held)
             self.connected.set()
 
-    def _on_disconnect(self, _c: paho.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
+    def _on_disconnect(self, _c: mqttclient.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
         was_up = self._up_now
         self._up_now = False
         self._pump.connack(False)
@@ -326,7 +230,8 @@ class Connection:
                 self._clash.taken_over()
         self.down.set()
 
-    def _on_message(self, client: paho.Client, _u: Any, m: paho.MQTTMessage) -> None:
+    def _on_message(self, client: mqttclient.Client, _u: Any, m: Any) -> None:
+        """A QoS 2 message (or one bridge.packets would not decode), as paho delivers it."""
         try:
             topic = m.topic
         except UnicodeDecodeError:
@@ -342,6 +247,9 @@ class Connection:
             msg.content_type = getattr(props, "ContentType", None)
             msg.user_properties = getattr(props, "UserProperty", None) or []
             msg.subscription_ids = getattr(props, "SubscriptionIdentifier", None) or []
+        self._deliver_inbound(msg)
+
+    def _deliver_inbound(self, msg: Inbound) -> None:
         try:
             if self._deliver is None:
                 raise RuntimeError(f"the {self.name} connection takes no messages")
@@ -349,25 +257,25 @@ class Connection:
         except Exception:
             log.exception("dispatch failed for a message on %r; acknowledged", msg.topic)
             if msg.qos:
-                client.ack(msg.mid, msg.qos)
+                self._client.ack(msg.mid, msg.qos)
 
-    def _on_publish(self, _c: paho.Client, _u: Any, mid: int, _r: Any, _p: Any) -> None:
+    def _on_publish(self, _c: mqttclient.Client, _u: Any, mid: int, _r: Any, _p: Any) -> None:
         if self._published is not None:
             self._published(mid)
 
     # -- the socket on the event loop (bridge.pump) -------------------------------------------
-    def _on_socket_open(self, _c: paho.Client, _u: Any, sock: Any) -> None:
+    def _on_socket_open(self, _c: mqttclient.Client, _u: Any, sock: Any) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._pump.opened(sock)
 
-    def _on_socket_close(self, _c: paho.Client, _u: Any, sock: Any) -> None:
+    def _on_socket_close(self, _c: mqttclient.Client, _u: Any, sock: Any) -> None:
         self._pump.closed(sock)
 
-    def _on_register_write(self, _c: paho.Client, _u: Any, _sock: Any) -> None:
+    def _on_register_write(self, _c: mqttclient.Client, _u: Any, _sock: Any) -> None:
         self._pump.register_write()
 
-    def _on_unregister_write(self, _c: paho.Client, _u: Any, sock: Any) -> None:
+    def _on_unregister_write(self, _c: mqttclient.Client, _u: Any, sock: Any) -> None:
         self._pump.unregister_write(sock)
 
     def set_reading(self, on: bool) -> None:
@@ -384,14 +292,11 @@ class Connection:
     # -- what the bridge uses -----------------------------------------------------------------
     def publish(self, out: Outbound) -> int | None:
         """Hand a message to paho; return its mid when the broker's ack is to be awaited."""
-        props = None
-        if self.protocol.v5 and (out.correlation_data is not None or out.content_type or out.user_properties):
-            props = _PublishProperties(out)
-        info = self._client.publish(out.topic, out.payload, out.qos, properties=props)
-        if out.qos and info.rc in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+        info = mqttclient.publish(self._client, out, self.protocol.v5)
+        if out.qos and info.rc in (mqttclient.ERR_SUCCESS, mqttclient.ERR_NO_CONN):
             return info.mid  # paho resends it after a reconnect
-        if info.rc != paho.MQTT_ERR_SUCCESS:
-            log.warning("reply to %r not published: %s", out.topic, paho.error_string(info.rc))
+        if info.rc != mqttclient.ERR_SUCCESS:
+            log.warning("reply to %r not published: %s", out.topic, mqttclient.error_string(info.rc))
         return None
 
     @property

@@ -6,7 +6,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bridge.message import Outbound
-from bridge.transport import _PublishProperties
+from bridge.mqttclient import PublishProperties as _PublishProperties
 
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=300)
 

@@ -1,0 +1,225 @@
+"""paho-mqtt, adapted to the bridge: the only module that imports paho.
+
+The bridge drives paho on its event loop (bridge.transport, bridge.pump) and keeps paho's
+protocol logic: sessions, keepalive, QoS 2 state, resends.  What it changes, every change
+here with its reason:
+
+* the socket comes connected from bridge.connecting (paho's own connect blocks);
+* reads: one ``recv`` fills a buffer the packet reader takes from, where paho does three or
+  more per packet;
+* writes: every queued packet goes out in one ``send``, where paho does one per packet;
+* a QoS 0 or 1 PUBLISH is decoded straight into an Inbound (bridge.packets): no
+  ``MQTTMessage``, no validating ``Properties``, no per-topic callback matching;
+* a successful PUBACK is reported by packet id alone, without the reason code and property
+  objects paho builds for it;
+* a PUBREL for a QoS 2 message paho already delivered is reported (with manual acks paho
+  ignores it, and unanswered it would stay in flight for ever).
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from typing import Any, Callable
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from .message import Inbound, Outbound, Subscription, pack_publish_properties
+from .packets import decode_publish
+
+RECV_CHUNK = 256 * 1024  # bytes asked of the socket per read
+ERR_SUCCESS = paho.MQTT_ERR_SUCCESS
+ERR_AGAIN = paho.MQTT_ERR_AGAIN
+ERR_NO_CONN = paho.MQTT_ERR_NO_CONN
+CLEAN_START_FIRST_ONLY = paho.MQTT_CLEAN_START_FIRST_ONLY
+error_string = paho.error_string
+_PUBLISH, _PUBACK, _DISCONNECT = 0x30, 0x40, 0xE0
+
+
+class PublishProperties(Properties):
+    """PUBLISH properties packed directly from an Outbound.
+
+    paho's Properties validates every attribute assignment; building one per reply cost more
+    than the rest of the reply path together.  The wire format is MQTT v5 section 2.2.2.
+    """
+
+    def __init__(self, out: Outbound) -> None:
+        object.__setattr__(self, "packetType", PacketTypes.PUBLISH)
+        object.__setattr__(self, "_packed", pack_publish_properties(out))
+
+    def pack(self) -> bytes:
+        return self._packed  # type: ignore[no-any-return]
+
+
+class Client(paho.Client):
+    """paho's client with the bridge's fast paths (see the module's docstring)."""
+
+    on_stale_pubrel: Callable[[int], None] | None = None
+    on_inbound: Callable[[Inbound], None] | None = None  # QoS 0/1 messages, decoded here
+    on_acked: Callable[[int], None] | None = None  # a QoS 1 publish the broker acknowledged
+    prepared_socket: socket.socket | None = None
+    version = 5
+
+    def __init__(self, client_id: str, v5: bool) -> None:
+        super().__init__(
+            paho.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+            clean_session=None if v5 else False,
+            manual_ack=True,
+            reconnect_on_failure=False,  # no reconnects of paho's own (its 3.1 downgrade)
+        )
+        self.suppress_exceptions = True  # a bug in a callback must not kill the network loop
+        self._v5 = v5
+        self._rbuf = b""
+        self._rpos = 0
+
+    def _create_socket(self) -> Any:
+        # paho's own would resolve and connect synchronously, blocking the event loop.
+        sock, self.prepared_socket = self.prepared_socket, None
+        if sock is None:
+            raise OSError("no connected socket to use")
+        self._rbuf, self._rpos = b"", 0
+        return sock
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        return self._ssl_context if self._ssl else None
+
+    # -- reading ------------------------------------------------------------------------------
+    def _sock_recv(self, bufsize: int) -> bytes:
+        # paho asks for 1 byte, then the length bytes one by one, then the rest of the packet:
+        # served from one recv per socket wake-up.  At most RECV_CHUNK a call: paho would ask
+        # for a large payload's whole size at once, and the allocator keeps that memory.
+        pos, buf = self._rpos, self._rbuf
+        if pos >= len(buf):
+            buf = super()._sock_recv(RECV_CHUNK)
+            if not buf:
+                return buf
+            self._rbuf, pos = buf, 0
+        end = pos + bufsize
+        self._rpos = end
+        return buf[pos:end] if pos or end < len(buf) else buf
+
+    def pending(self) -> bool:
+        """Bytes read from the socket and not yet taken, which the selector cannot see."""
+        if self._rpos < len(self._rbuf):
+            return True
+        sock = self._sock
+        return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+
+    def read_packet(self) -> bool:
+        # loop_read() reads one packet when nothing is in flight and does not say whether the
+        # socket is drained; the packet reader does.
+        rc = self._packet_read()
+        if rc == paho.MQTT_ERR_AGAIN:
+            return False
+        if rc != paho.MQTT_ERR_SUCCESS:
+            self._loop_rc_handle(rc)
+            return False
+        return True
+
+    def drop_socket(self) -> None:
+        """Close the socket without a DISCONNECT (no session was established on it)."""
+        self._sock_close()
+
+    def _handle_publish(self) -> paho.MQTTErrorCode:
+        header = self._in_packet["command"]
+        if header & 0x06 == 0x04 or self.on_inbound is None:  # QoS 2: paho keeps its state
+            return super()._handle_publish()
+        try:
+            msg = decode_publish(header, self._in_packet["packet"], self._v5)
+        except (ValueError, IndexError):
+            return super()._handle_publish()  # malformed or not UTF-8: paho's rules apply
+        self.on_inbound(msg)  # manual acks: nothing else is owed for QoS 0 and 1
+        return paho.MQTT_ERR_SUCCESS
+
+    def _handle_pubackcomp(self, cmd: Any) -> paho.MQTTErrorCode:
+        packet = self._in_packet["packet"]
+        if cmd != "PUBACK" or (len(packet) > 2 and packet[2] >= 0x80) or self.on_acked is None:
+            return super()._handle_pubackcomp(cmd)  # a refusal, or PUBCOMP: paho's own way
+        mid = int.from_bytes(packet[:2], "big")
+        message = self._out_messages.pop(mid, None)
+        if message is None:
+            return paho.MQTT_ERR_SUCCESS
+        message.info._set_as_published()  # noqa: SLF001
+        self._inflight_messages -= 1
+        self.on_acked(mid)
+        if self._max_inflight_messages > 0:
+            return self._update_inflight()
+        return paho.MQTT_ERR_SUCCESS
+
+    def _handle_pubrel(self) -> paho.MQTTErrorCode:
+        mid = int.from_bytes(self._in_packet["packet"][:2], "big")
+        known = mid in self._in_messages
+        rc = super()._handle_pubrel()
+        if not known and self.on_stale_pubrel is not None:
+            self.on_stale_pubrel(mid)
+        return rc
+
+    # -- writing ------------------------------------------------------------------------------
+    def _packet_write(self) -> paho.MQTTErrorCode:
+        queue = self._out_packet
+        if not queue or any(p["command"] & 0xF0 == _DISCONNECT for p in queue):
+            return super()._packet_write()  # closing: paho's own bookkeeping for it
+        data = b"".join(p["packet"][p["pos"]:] if p["pos"] else p["packet"] for p in queue)
+        try:
+            sent = self._sock_send(data)
+        except (AttributeError, ValueError):
+            return paho.MQTT_ERR_SUCCESS
+        except BlockingIOError:
+            return paho.MQTT_ERR_AGAIN
+        except OSError:
+            return paho.MQTT_ERR_CONN_LOST
+        while sent > 0:
+            packet = queue[0]
+            if sent < packet["to_process"]:
+                packet["pos"] += sent
+                packet["to_process"] -= sent
+                break
+            sent -= packet["to_process"]
+            queue.popleft()
+            if packet["command"] & 0xF0 == _PUBLISH and packet["qos"] == 0:
+                # paho would call on_publish with a fresh reason code and properties per QoS 0
+                # message; the bridge waits for no QoS 0 publish.
+                packet["info"]._set_as_published()  # noqa: SLF001
+        with self._msgtime_mutex:
+            self._last_msg_out = paho.time_func()
+        return paho.MQTT_ERR_SUCCESS if not queue else paho.MQTT_ERR_AGAIN
+
+
+def connect_properties(v5: bool, session_expiry: int, receive_maximum: int | None,
+                       max_packet_size: int | None) -> Properties | None:
+    """The CONNECT properties: session expiry, Receive Maximum, Maximum Packet Size (v5)."""
+    if not v5:
+        return None
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = session_expiry
+    if receive_maximum is not None:
+        # A compliant broker never sends more unacknowledged QoS >= 1 messages than this.
+        props.ReceiveMaximum = min(receive_maximum, 65535)
+    if max_packet_size is not None:
+        # A compliant broker drops a larger message for this client instead of sending it.
+        props.MaximumPacketSize = max_packet_size
+    return props
+
+
+def subscribe(client: Client, sub: Subscription, index: int, v5: bool) -> tuple[Any, int | None]:
+    """SUBSCRIBE to ``sub``; under v5 with subscription id ``index`` and retained messages
+    only when the subscription is new."""
+    if not v5:
+        return client.subscribe(sub.topic, qos=sub.qos)
+    props = Properties(PacketTypes.SUBSCRIBE)
+    props.SubscriptionIdentifier = index  # comes back on each message: names the route
+    options = SubscribeOptions(qos=sub.qos, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
+    return client.subscribe(sub.topic, options=options, properties=props)
+
+
+def publish(client: Client, out: Outbound, v5: bool) -> Any:
+    """Queue ``out``; paho's MessageInfo comes back (``rc``, ``mid``)."""
+    props = None
+    if v5 and (out.correlation_data is not None or out.content_type or out.user_properties):
+        props = PublishProperties(out)
+    return client.publish(out.topic, out.payload, out.qos, properties=props)
