@@ -208,6 +208,7 @@ class Bridge:
             on_session_resumed=lambda last_read: dispatcher_ref[0].ledger.session_resumed(last_read),
             on_released=lambda mid: dispatcher_ref[0].ledger.released(mid),
             on_connected=lambda: dispatcher_ref[0].ledger.connected(),
+            on_requests_read=executor.flush,  # the calls of a burst reach the workers at once
         )
         store = self.config.replies.store
         replies = ReplyStore(store, max_age=self.config.mqtt.session_expiry)

@@ -78,6 +78,7 @@ class BrokerLink:
         on_session_resumed: Callable[[float], None] | None = None,
         on_released: Callable[[int], None] | None = None,
         on_connected: Callable[[], None] | None = None,
+        on_requests_read: Callable[[], None] | None = None,
     ) -> None:
         self._session_lost = on_session_lost
         self._session_resumed = on_session_resumed
@@ -96,7 +97,8 @@ class BrokerLink:
         self.requests = Connection(
             config, client_id=config.client_id, name="requests", protocol=self.protocol,
             subscriptions=subscriptions, on_message=self._on_request, on_connect=self._requests_connected,
-            on_subscribed=self._subscribed, on_stale_pubrel=on_released, receive_maximum=receive_maximum,
+            on_subscribed=self._subscribed, on_stale_pubrel=on_released, on_read_done=on_requests_read,
+            receive_maximum=receive_maximum,
             max_packet_size=max_packet_size(max_payload) if max_payload is not None else None, password=password,
         )
         if self.session_marker is not None and self.session_marker.subscriptions is not None:

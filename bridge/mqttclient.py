@@ -30,7 +30,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from .message import Inbound, Outbound, Subscription, pack_publish_properties
 from .packets import decode_publish
 
-RECV_CHUNK = 256 * 1024  # bytes asked of the socket per read
+RECV_CHUNK = 64 * 1024  # bytes asked of the socket per read: under malloc's mmap threshold
 ERR_SUCCESS = paho.MQTT_ERR_SUCCESS
 ERR_AGAIN = paho.MQTT_ERR_AGAIN
 ERR_NO_CONN = paho.MQTT_ERR_NO_CONN
@@ -76,13 +76,14 @@ class Client(paho.Client):
         self._v5 = v5
         self._rbuf = b""
         self._rpos = 0
+        self._drained = False  # the last recv emptied the socket
 
     def _create_socket(self) -> Any:
         # paho's own would resolve and connect synchronously, blocking the event loop.
         sock, self.prepared_socket = self.prepared_socket, None
         if sock is None:
             raise OSError("no connected socket to use")
-        self._rbuf, self._rpos = b"", 0
+        self._rbuf, self._rpos, self._drained = b"", 0, False
         return sock
 
     def tls_context(self) -> ssl.SSLContext | None:
@@ -95,9 +96,16 @@ class Client(paho.Client):
         # for a large payload's whole size at once, and the allocator keeps that memory.
         pos, buf = self._rpos, self._rbuf
         if pos >= len(buf):
+            if self._drained:
+                # The last recv took less than asked: the socket is empty until the selector
+                # says otherwise (level-triggered), so skip a recv that would only fail.
+                self._drained = False
+                raise BlockingIOError
             buf = super()._sock_recv(RECV_CHUNK)
             if not buf:
                 return buf
+            # Not under TLS: a record may leave decrypted bytes behind (see pending()).
+            self._drained = len(buf) < RECV_CHUNK and not isinstance(self._sock, ssl.SSLSocket)
             self._rbuf, pos = buf, 0
         end = pos + bufsize
         self._rpos = end

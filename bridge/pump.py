@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 READ_BURST = 64  # packets read per socket wake-up at most, so writes and timers still run
 
@@ -30,8 +30,9 @@ class PacketClient(Protocol):
 class Pump:
     """Event-loop I/O for one client; ``client`` may be replaced between connections."""
 
-    def __init__(self, client: PacketClient) -> None:
+    def __init__(self, client: PacketClient, on_read_done: Callable[[], None] | None = None) -> None:
         self.client = client
+        self._read_done = on_read_done  # after each burst of packets read: e.g. hand work on at once
         self.loop: asyncio.AbstractEventLoop | None = None
         self.last_read = 0.0  # monotonic time of the last read from the broker
         self._want_reading = True
@@ -85,6 +86,13 @@ class Pump:
     def _read(self) -> None:
         if not self._reader_on:
             return  # paused since this read was scheduled (bytes the selector cannot see)
+        try:
+            self._read_burst()
+        finally:
+            if self._read_done is not None:
+                self._read_done()
+
+    def _read_burst(self) -> None:
         client = self.client
         self.last_read = time.monotonic()
         # One packet at a time, checking after each whether reading must stop (a callback may

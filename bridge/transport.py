@@ -53,6 +53,7 @@ class Connection:
         on_published: Callable[[int], None] | None = None,
         on_connect: Callable[[bool, int | None], None] | None = None,
         on_subscribed: Callable[[list[Subscription]], None] | None = None,
+        on_read_done: Callable[[], None] | None = None,
         on_stale_pubrel: Callable[[int], None] | None = None,
         receive_maximum: int | None = None,
         max_packet_size: int | None = None,
@@ -83,7 +84,7 @@ class Connection:
         self._up_now = False  # CONNACK accepted, no disconnect since (paho's own flag lags)
         self._clash = ClashWatch(client_id, name)
         self._client = self._make_client()
-        self._pump = Pump(self._client)
+        self._pump = Pump(self._client, on_read_done)
 
     # -- setup --------------------------------------------------------------------------------
     def _make_client(self) -> mqttclient.Client:

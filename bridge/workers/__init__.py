@@ -45,6 +45,9 @@ class Executor(Protocol):
     def submit(self, job: Any, spec: str, event: Event) -> None:
         """Call the function ``spec`` with ``event`` for ``job``."""
 
+    def flush(self) -> None:
+        """Hand calls submitted so far to where they run now, not at the next loop iteration."""
+
     def abandon(self, job: Any) -> None:
         """``job`` timed out and was answered: stop what runs it if that can be done."""
 

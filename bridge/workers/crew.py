@@ -54,7 +54,7 @@ class Channel:
             if frames:
                 return frames
             try:
-                chunk = self._sock.recv(1 << 20)
+                chunk = self._sock.recv(65536)  # under malloc's mmap threshold: no mmap per read
             except OSError:
                 return None
             if not chunk:

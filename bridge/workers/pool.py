@@ -138,6 +138,12 @@ class ProcessExecutor:
                 return
             self._send(worker, *self._waiting.popleft())
 
+    def flush(self) -> None:
+        for gen in (self._current, self._next):
+            if gen is not None:
+                for worker in gen.workers:
+                    worker.flush()
+
     def abandon(self, job: Any) -> None:
         """The call timed out (already answered 504): retire the worker running it."""
         if job.call is None:

@@ -23,6 +23,7 @@ from . import wire
 
 log = logging.getLogger("bridge.workers")
 
+RECV_CHUNK = 64 * 1024  # under malloc's mmap threshold: no mmap/munmap per read
 FrameHandler = Callable[["WorkerProcess", tuple[Any, ...]], None]
 ExitHandler = Callable[["WorkerProcess", str], None]
 
@@ -125,7 +126,7 @@ class WorkerProcess:
         state = "ok"
         while True:
             try:
-                chunk = sock.recv(1 << 20)
+                chunk = sock.recv(RECV_CHUNK)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
@@ -135,6 +136,8 @@ class WorkerProcess:
                 state = "eof"
                 break
             self._in += chunk
+            if len(chunk) < RECV_CHUNK:
+                break  # drained: the selector says when more comes (no recv just to hear EAGAIN)
         try:
             frames = wire.split(self._in, safe=True)
         except wire.WireError as exc:

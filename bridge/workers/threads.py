@@ -85,6 +85,9 @@ class ThreadExecutor:
         # Stuck threads do not count against the route's concurrency: the pool grows past them.
         self._runner.submit(job, function, event, width + stuck)
 
+    def flush(self) -> None:
+        pass  # calls start on submit
+
     def abandon(self, job: Any) -> None:
         function = self._functions.get(job.route.config.handler)
         if function is not None and function.is_async:
