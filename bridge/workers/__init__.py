@@ -30,6 +30,18 @@ class Hooks:
     flush: Callable[[], None]  # a batch of outcomes was handed over: write the replies now
 
 
+class ExecutorBase:
+    """What both executors keep: the loop, the host name functions see, the hooks."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, hostname: str, hooks: Hooks) -> None:
+        self._loop = loop
+        self._hostname = hostname
+        self._on_start = hooks.started
+        self._on_result = hooks.finished
+        self._flush = hooks.flush
+        self.restarts = 0  # workers replaced after a death, a timeout or a blocked loop (process mode)
+
+
 class Executor(Protocol):
     """Runs calls for the dispatcher, on the event loop thread, and tells it through :class:`Hooks`."""
 

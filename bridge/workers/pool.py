@@ -31,7 +31,7 @@ from ..contract import Event, error_body
 from ..errors import BridgeError
 from ..functions import FunctionInfo, Unavailable
 from ..stats import worker_restarted
-from . import Hooks, wire
+from . import ExecutorBase, Hooks, wire
 from .probe import infos_from_report
 from .process import WorkerProcess
 
@@ -54,17 +54,13 @@ class Generation:
         self.failures = 0
 
 
-class ProcessExecutor:
+class ProcessExecutor(ExecutorBase):
     """Runs calls in worker processes; reports each start and outcome to the dispatcher."""
 
     mode = "process"
 
     def __init__(self, loop: asyncio.AbstractEventLoop, hostname: str, hooks: Hooks) -> None:
-        self._loop = loop
-        self._hostname = hostname
-        self._on_start = hooks.started
-        self._on_result = hooks.finished
-        self._flush = hooks.flush
+        super().__init__(loop, hostname, hooks)
         self._numbers = itertools.count(1)
         self._call_ids = itertools.count(1)
         self._current: Generation | None = None
@@ -72,7 +68,6 @@ class ProcessExecutor:
         self._waiting: deque[tuple[Any, str, Event]] = deque()  # no worker ready yet
         self._deaths: deque[float] = deque(maxlen=8)
         self._closing = False
-        self.restarts = 0  # workers replaced after a death, a timeout or a blocked loop
 
     # -- loading ------------------------------------------------------------------------------
     async def load(self, config: BridgeConfig, *, reload: bool = False) -> dict[str, FunctionInfo | Unavailable]:

@@ -20,24 +20,20 @@ from .. import runtime
 from ..config import BridgeConfig
 from ..contract import Context, Event, Response, error_body
 from ..functions import Function, FunctionInfo, Unavailable, load_functions
-from . import Hooks
+from . import ExecutorBase, Hooks
 from .local import LocalRunner
 from .probe import probe
 
 log = logging.getLogger("bridge.workers")
 
 
-class ThreadExecutor:
+class ThreadExecutor(ExecutorBase):
     """Runs calls on threads of the daemon; reports each start and outcome to the dispatcher."""
 
     mode = "thread"
 
     def __init__(self, loop: asyncio.AbstractEventLoop, hostname: str, hooks: Hooks) -> None:
-        self._loop = loop
-        self._hostname = hostname
-        self._on_start = hooks.started
-        self._on_result = hooks.finished
-        self._flush = hooks.flush
+        super().__init__(loop, hostname, hooks)
         self._runner = LocalRunner(Context(hostname), self._done)
         self._functions: dict[str, Function] = {}
         self._next: dict[str, Function] = {}
@@ -46,7 +42,6 @@ class ThreadExecutor:
         self._abandoned: set[int] = set()  # ids of those jobs
         self._completed: deque[tuple[Any, Response]] = deque()  # from function threads
         self._wake_pending = False
-        self.restarts = 0
 
     async def load(self, config: BridgeConfig, *, reload: bool = False) -> dict[str, FunctionInfo | Unavailable]:
         """Import the handlers (first in a throwaway process, then here, off the event loop)."""

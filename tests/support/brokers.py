@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.broker import ROOT, free_port, wait_port
+from tests.support.broker import ROOT, free_port, stop_process, wait_port
 
 AEDES_VERSION = "1.2.0"
 NODE_DIR = Path(os.environ.get("IOT_BRIDGE_NODE_DIR", ROOT / ".venv" / "node"))
@@ -72,13 +72,7 @@ class ProcessBroker:
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, sig)
         self.proc = None
 
     def __enter__(self) -> "ProcessBroker":
