@@ -93,7 +93,7 @@ class Dispatcher:
     _paused: bool = False
     _closing: bool = False  # shutting down: intake stays stopped
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
-    _held: dict[int, Job] = field(default_factory=dict)  # id -> unanswered job (for shutdown)
+    _held: dict[int, Job] = field(default_factory=dict)  # id -> job still in flight (for shutdown)
 
     def __post_init__(self) -> None:
         self._idle.set()
@@ -273,7 +273,6 @@ class Dispatcher:
         """Answer ``job``.  Nothing raised here may reach the event loop: the request would be
         neither answered nor acknowledged, and its slot would leak."""
         job.done = True
-        self._held.pop(id(job), None)
         if job.timer is not None:
             job.timer.cancel()
         try:
@@ -324,6 +323,7 @@ class Dispatcher:
 
     def _released_slot(self, held: Held) -> None:
         """The ledger is done with a request: it no longer counts as in flight."""
+        self._held.pop(id(held), None)
         key = held.guard_key  # type: ignore[attr-defined]
         if key is not None and self.guard is not None:
             self.guard.forget(key)
@@ -344,8 +344,9 @@ class Dispatcher:
     async def drain(self, grace: float) -> bool:
         """Wait up to ``grace`` seconds for every request to be answered and acknowledged.
 
-        Requests still unanswered then are left to the broker, which redelivers them at the
-        next start; a clean shutdown is not a crash, so the crash guard does not count them.
+        Requests still in flight then (unanswered, or answered but not yet acknowledged) are
+        left to the broker, which redelivers them at the next start; a clean shutdown is not a
+        crash, so the crash guard does not count them.
         """
         try:
             async with asyncio.timeout(grace):

@@ -200,3 +200,30 @@ def test_a_resent_pubrel_completes_finished_qos2_work_and_waits_for_running_work
     assert after_finished == [11]
     assert after_running == [11]
     assert recorder.acked == [11, 12] and len(recorder.published) == 1
+
+
+def test_a_request_answered_from_the_reply_store_leaves_nothing_in_flight(tmp_path):
+    """Redelivered after a restart and answered with its stored reply: a clean shutdown later
+    must not take it for unfinished work (the crash guard would count it as a death)."""
+    from bridge.crashguard import CrashGuard
+    from bridge.message import Outbound
+    from bridge.replystore import ReplyStore, request_key
+
+    msg = Inbound("w", b"0", qos=1, mid=8, dup=True)
+    replies = ReplyStore(tmp_path / "replies.db", max_age=60)
+    replies.save(request_key(msg), Outbound("out/w", b"stored", 1))
+    guard = CrashGuard(tmp_path / "attempts.db", max_age=60)
+
+    async def scenario() -> tuple[Recorder, bool]:
+        recorder = Recorder()
+        dispatcher = dispatching.dispatcher(SLOW, recorder, replies=replies, guard=guard)
+        dispatcher.handle(msg)
+        assert await dispatcher.drain(5)
+        dispatcher.handle(Inbound("w", b"5", qos=1, mid=9))  # still running at shutdown
+        return recorder, await dispatcher.drain(0.05)
+
+    recorder, drained = asyncio.run(scenario())
+    assert [o.payload for o in recorder.published] == [b"stored"] and recorder.acked == [8]
+    assert not drained
+    # Only the request still running at shutdown is spared; the stored-reply one is gone.
+    assert guard._db.execute("select count(*) from attempts").fetchone() == (1,)
