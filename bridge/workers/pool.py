@@ -68,6 +68,7 @@ class ProcessExecutor(ExecutorBase):
         self._waiting: deque[tuple[Any, str, Event]] = deque()  # no worker ready yet
         self._deaths: deque[float] = deque(maxlen=8)
         self._closing = False
+        self._alive: set[WorkerProcess] = set()  # every worker not yet gone, retiring ones too
 
     # -- loading ------------------------------------------------------------------------------
     async def load(self, config: BridgeConfig, *, reload: bool = False) -> dict[str, FunctionInfo | Unavailable]:
@@ -99,6 +100,7 @@ class ProcessExecutor(ExecutorBase):
         else:
             gen.workers.append(worker)
         worker.spawn(gen.config, gen.specs, gen.excluded, self._hostname)
+        self._alive.add(worker)
         return worker
 
     # -- serving ------------------------------------------------------------------------------
@@ -142,8 +144,7 @@ class ProcessExecutor(ExecutorBase):
     def abandon(self, job: Any) -> None:
         """The call timed out (already answered 504): retire the worker running it."""
         if job.call is None:
-            self._waiting = deque(w for w in self._waiting if w[0] is not job)
-            return
+            return  # its result came first (a timer starts only once a call is sent)
         worker, call_id = job.call
         job.call = None
         worker.calls.pop(call_id, None)
@@ -194,6 +195,7 @@ class ProcessExecutor(ExecutorBase):
             self._drain_waiting()
 
     def _exit(self, worker: WorkerProcess, how: str) -> None:
+        self._alive.discard(worker)
         gen: Generation = worker.generation  # type: ignore[attr-defined]
         calls, worker.calls = worker.calls, {}
         was = worker.state
@@ -254,7 +256,7 @@ class ProcessExecutor(ExecutorBase):
     async def close(self, grace: float = 5.0) -> None:
         """Stop every worker: finish what runs within ``grace`` seconds, then kill."""
         self._closing = True
-        workers = [w for g in (self._current, self._next) if g is not None for w in g.workers]
+        workers = list(self._alive)  # retiring ones too: a runaway call's worker is killed here
         for worker in workers:
             worker.stop()
         deadline = self._loop.time() + grace
