@@ -42,7 +42,7 @@ def test_each_failure_is_logged_once_with_where_it_happened(make_bridge, broker,
     log = bridge.log()
     warnings = _warnings(log)
     expected = [
-        (f"route {t}/boom, function boom: 500 ValueError: ValueError at line 3: no good", f"boom.py:3)"),
+        (f"route {t}/boom, function boom: 500 ValueError: ValueError at line 3: no good", "boom.py:3)"),
         (f"route {t}/garbage, function garbage: 500 ResultError: function garbage returned an invalid result", "garbage.py"),
         (f"route {t}/broken, function broken: 503 ImportError: function broken is unavailable", "(broken.py:1)"),
         (f"route {t}/slow, function slow: 504 Timeout: function slow timed out after 0.3 s", ""),
