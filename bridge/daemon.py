@@ -61,7 +61,8 @@ def build_routes(config: BridgeConfig, functions: dict[str, FunctionInfo | Unava
 def _subscriptions(config: BridgeConfig, routes: list[Route]) -> list[Subscription]:
     """One per route, in route order (v5 subscription id = index + 1), each in the share group
     ``[mqtt] share_group`` when one is set."""
-    return [Subscription(subscription_topic(r.config.topic, config.mqtt.share_group), r.config.qos) for r in routes]
+    return [Subscription(subscription_topic(r.config.topic, config.mqtt.share_group), r.config.qos, i)
+            for i, r in enumerate(routes, start=1)]
 
 
 class Bridge:
@@ -198,16 +199,16 @@ class Bridge:
         link = BrokerLink(
             self.config.mqtt,
             _subscriptions(self.config, self.routes),
-            on_message=lambda m: dispatcher_ref[0].handle(m),
-            on_published=lambda mid: dispatcher_ref[0].ledger.published(mid),
-            receive_maximum=self.config.limits.max_in_flight,
+            on_message=lambda m, i: dispatcher_ref[0].handle(m, i),
+            on_published=lambda mid: dispatcher_ref[0].published(mid),
+            max_in_flight=self.config.limits.max_in_flight,
             max_payload=self.config.limits.max_payload,
             state_dir=self.config.replies.store.parent,
             password=self.password,
-            on_session_lost=lambda: dispatcher_ref[0].ledger.session_lost(),
-            on_session_resumed=lambda last_read: dispatcher_ref[0].ledger.session_resumed(last_read),
-            on_released=lambda mid: dispatcher_ref[0].ledger.released(mid),
-            on_connected=lambda: dispatcher_ref[0].ledger.connected(),
+            on_session_lost=lambda i: dispatcher_ref[0].lanes[i].ledger.session_lost(),
+            on_session_resumed=lambda i, last_read: dispatcher_ref[0].lanes[i].ledger.session_resumed(last_read),
+            on_released=lambda i, mid: dispatcher_ref[0].lanes[i].ledger.released(mid),
+            on_connected=lambda: dispatcher_ref[0].replies_connected(),
             on_requests_read=executor.flush,  # the calls of a burst reach the workers at once
         )
         store = self.config.replies.store
@@ -222,8 +223,8 @@ class Bridge:
         runner = asyncio.create_task(link.run(), name="mqtt")
         if self.config.logging.log_payloads:
             log.warning("logging.log_payloads is on: message payloads (and any secret in them) go to the log")
-        log.info("serving %d route(s) on %s:%d as %r", len(self.routes), self.config.mqtt.host,
-                 self.config.mqtt.port, self.config.mqtt.client_id)
+        log.info("serving %d route(s) on %s:%d as %s", len(self.routes), self.config.mqtt.host,
+                 self.config.mqtt.port, ", ".join(repr(c.client_id) for c in link.connections))
         ready = asyncio.create_task(self._announce_ready(link))
         stop = asyncio.create_task(self._stop.wait())
         await asyncio.wait({runner, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -231,7 +232,7 @@ class Bridge:
             raise runner.exception()  # type: ignore[misc]
         ready.cancel()
         self.phase = "stopping"
-        if any(is_shared(s.topic) for s in link.requests.subscriptions):
+        if any(is_shared(s.topic) for s in link.subscriptions):
             # Leave the share group(s) first, serving meanwhile: what the broker already gave
             # this bridge is answered here, new requests go to the other members.
             self.notifier.notify_stopping("stopping: leaving the share group(s)")

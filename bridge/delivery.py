@@ -248,11 +248,14 @@ class Ledger:
         for held, out in parked:
             self.send(held, out)
 
-    def published(self, mid: int) -> None:
-        """The broker acknowledged reply ``mid``: acknowledge its request."""
+    def published(self, mid: int) -> bool:
+        """The broker acknowledged reply ``mid``: acknowledge its request.  False when no
+        request of this ledger awaited that reply (another lane's)."""
         held = self._awaiting.pop(mid, None)
-        if held is not None:
-            self._done(held)
+        if held is None:
+            return False
+        self._done(held)
+        return True
 
     def _done(self, held: Held) -> None:
         msg = held.msg

@@ -8,8 +8,8 @@ business of :mod:`bridge.delivery`; the transport is the only thing that talks t
 * Every request is answered, also when the function raises, times out or returns garbage,
   and then acknowledged: a poison message is never redelivered in a loop.
 * At most ``limits.max_in_flight`` requests, and about ``limits.max_in_flight_bytes`` of
-  their payloads, are in flight at once; at either bound the link stops reading requests, and
-  the rest wait in the broker (bridge.link).
+  their payloads, are in flight at once, split between the request sessions (bridge.lanes):
+  a session at its share stops reading, and the rest of its requests wait in the broker.
 * HTTP invocations come in through :meth:`Dispatcher.call` and run on the same path.
 """
 
@@ -19,15 +19,16 @@ import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 from .codec import check_request, encode_reply, event_from_message
 from .config import BridgeConfig, RouteConfig
 from .contract import Event, Response, error_body
 from .crashguard import CrashGuard
-from .delivery import Held, Ledger, Link
+from .delivery import Held
 from .functions import FunctionInfo, Unavailable
 from .iotstudio.automation import ThingSink, write_thing
+from .lanes import Lane, Replies, Session
 from .message import Inbound, Outbound
 from .replystore import ReplyStore
 from .routing import ReplyPolicy, matches
@@ -38,11 +39,11 @@ log = logging.getLogger("bridge.dispatch")
 access_log = logging.getLogger("bridge.access")
 
 
-class Publisher(Link, Protocol):
+class Publisher(Replies, Protocol):
     """What the dispatcher needs from the broker link (bridge.link.BrokerLink)."""
 
-    def pause(self) -> None: ...  # stop taking requests
-    def resume(self) -> None: ...
+    @property
+    def sessions(self) -> Sequence[Session]: ...  # the request sessions, one lane each
     def flush(self) -> None: ...  # write queued packets now
 
 
@@ -65,6 +66,7 @@ class Route:
 @dataclass(eq=False, slots=True)
 class Job(Held):
     route: Route = None  # type: ignore[assignment]  (always given)
+    lane: Lane | None = None  # the request session it came on (None: an HTTP call)
     reply_to: str | None = None
     arrived: float = 0.0  # loop time
     done: bool = False  # answered
@@ -90,21 +92,21 @@ class Dispatcher:
     in_flight: int = 0
     in_flight_bytes: int = 0  # payload bytes of the requests in flight
     peak_in_flight: int = 0  # the most requests ever in flight at once
-    _paused: bool = False
     _closing: bool = False  # shutting down: intake stays stopped
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
     _held: dict[int, Job] = field(default_factory=dict)  # id -> job still in flight (for shutdown)
 
     def __post_init__(self) -> None:
         self._idle.set()
-        self.ledger = Ledger(self.publisher, self.replies, self._released_slot)
+        self.lanes = [Lane.open(i, self.publisher, s, self.replies, self._released_slot)
+                      for i, s in enumerate(self.publisher.sessions)]
         self._configure()
 
     def _configure(self) -> None:
         """Derive the per-config state (at start and on every reload)."""
         self._max = self.config.limits.max_in_flight
-        self._resume_at = max(self._max * 3 // 4, self._max - 1)
-        self._max_bytes = self.config.limits.max_in_flight_bytes
+        for lane in self.lanes:
+            lane.configure(len(self.lanes), self._max, self.config.limits.max_in_flight_bytes)
         self._reply_policy = ReplyPolicy(self.config.replies.allowed_topics, [r.config.topic for r in self.routes])
         self._log_payloads = self.config.logging.log_payloads
         self._access = self.config.logging.access
@@ -126,9 +128,11 @@ class Dispatcher:
                 return self.routes[sid - 1]
         return next((r for r in self.routes if matches(r.config.topic, msg.topic)), None)
 
-    def handle(self, msg: Inbound) -> None:
-        """Take one message from the transport (event loop thread)."""
-        if msg.qos and self.ledger.absorb(msg):
+    def handle(self, msg: Inbound, session: int = 0) -> None:
+        """Take one message from request session ``session`` (event loop thread)."""
+        lane = self.lanes[session]
+        ledger = lane.ledger
+        if msg.qos and ledger.absorb(msg):
             return  # the broker's copy of a request already held
         if self._closing:
             return  # shutting down: not acknowledged, so the broker keeps it for the next start
@@ -138,15 +142,15 @@ class Dispatcher:
         if route is None:
             log.warning("no route for topic %r; acknowledged and dropped", msg.topic)
             self.stats.refused("no_route")
-            self.ledger.ignore(msg)
+            ledger.ignore(msg)
             return
-        job = Job(msg, route=route, reply_to=self._reply_topic(msg, route), arrived=self.loop.time())
+        job = Job(msg, route=route, lane=lane, reply_to=self._reply_topic(msg, route), arrived=self.loop.time())
         self._take(job)
-        stored = self.ledger.hold(job)
+        stored = ledger.hold(job)
         if stored is not None:
             # Redelivered after a restart, answered before the broker came back: reuse the reply.
             job.done = True
-            self.ledger.send(job, stored)
+            ledger.send(job, stored)
             return
         if msg.dup and msg.qos and self.guard is not None:
             admitted, job.guard_key = self.guard.admit(msg)
@@ -217,15 +221,15 @@ class Dispatcher:
         return topic
 
     def _take(self, job: Job) -> None:
+        size = len(job.msg.payload)
         self.in_flight += 1
-        self.in_flight_bytes += len(job.msg.payload)
+        self.in_flight_bytes += size
         if self.in_flight > self.peak_in_flight:
             self.peak_in_flight = self.in_flight
         self._held[id(job)] = job
         self._idle.clear()
-        if (self.in_flight >= self._max or self.in_flight_bytes >= self._max_bytes) and not self._paused:
-            self._paused = True
-            self.publisher.pause()
+        if job.lane is not None:
+            job.lane.take(size)
 
     # -- running ------------------------------------------------------------------------------
     def _start(self, job: Job) -> None:
@@ -286,11 +290,12 @@ class Dispatcher:
         except Exception:
             log.exception("answering a request on %s failed; acknowledged without a reply", job.msg.topic)
             out = None
+        ledger = job.lane.ledger  # type: ignore[union-attr]  (an MQTT request has its lane)
         try:
-            self.ledger.send(job, out)
+            ledger.send(job, out)
         except Exception:
             log.exception("publishing the reply to %s failed; acknowledged without a reply", job.reply_to)
-            self.ledger.send(job, None)
+            ledger.send(job, None)
         job.route.stats.done(response, self.loop.time() - job.arrived)
 
     def _answer_call(self, job: Job, response: Response) -> None:
@@ -327,19 +332,37 @@ class Dispatcher:
         key = held.guard_key  # type: ignore[attr-defined]
         if key is not None and self.guard is not None:
             self.guard.forget(key)
+        size = len(held.msg.payload)  # a copy taken meanwhile has the same payload
         self.in_flight -= 1
-        self.in_flight_bytes -= len(held.msg.payload)  # a copy taken meanwhile has the same payload
+        self.in_flight_bytes -= size
         if self.in_flight == 0:
             self._idle.set()
-        if (self._paused and not self._closing and self.in_flight <= self._resume_at
-                and self.in_flight_bytes < self._max_bytes):
-            self._paused = False
-            self.publisher.resume()
+        lane = held.lane  # type: ignore[attr-defined]
+        if lane is not None:
+            lane.release(size, self._closing)
 
     def stop_intake(self) -> None:
         """Take no new messages, for good (shutdown); in-flight ones still finish."""
         self._closing = True
-        self.publisher.pause()
+        for lane in self.lanes:
+            lane.stop()
+
+    # -- the broker link's news, per request session ------------------------------------------
+    def published(self, mid: int) -> None:
+        """The broker acknowledged reply ``mid`` (on the reply connection, shared by all lanes)."""
+        for lane in self.lanes:
+            if lane.ledger.published(mid):
+                return
+
+    def replies_connected(self) -> None:
+        """The reply connection is (back) up: parked replies go out."""
+        for lane in self.lanes:
+            lane.ledger.connected()
+
+    @property
+    def parked(self) -> int:
+        """Replies waiting for the reply connection."""
+        return sum(lane.ledger.parked for lane in self.lanes)
 
     async def drain(self, grace: float) -> bool:
         """Wait up to ``grace`` seconds for every request to be answered and acknowledged.

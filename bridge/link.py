@@ -1,42 +1,35 @@
-"""The bridge's link to the broker: requests arrive on one connection, replies leave on another.
+"""The bridge's link to the broker: requests arrive on request sessions, replies leave on
+a connection of their own.
 
-Why two connections: backpressure must be able to stop reading requests outright.  On a
-single connection the PUBACKs of the bridge's own replies (which finish the requests in
+Why requests and replies apart: backpressure must be able to stop reading requests outright.
+On a single connection the PUBACKs of the bridge's own replies (which finish the requests in
 flight) arrive between new requests, so reading could never stop; with a broker that ignores
 the Receive Maximum the bridge announces (mosquitto before 2.0.13 does once acknowledgements
 flow), a QoS 1 flood then piled up in the bridge's memory instead of waiting in the broker.
-Here the request connection only ever writes PUBACKs and SUBSCRIBEs (and one marker when it
-leaves a share group, below), so at ``limits.max_in_flight`` it stops reading and the rest of
-a flood stays with the broker.
+A request session only ever writes PUBACKs and SUBSCRIBEs (and one marker when it leaves a
+share group), so at its share of ``limits.max_in_flight`` it stops reading and the rest of a
+flood stays with the broker.
 
-* requests: client id ``mqtt.client_id``, the persistent session holding the subscriptions
-  and every queued request; it announces ``limits.max_in_flight`` as Receive Maximum.
+* requests: one persistent session per route (bridge.sessions), the first with client id
+  ``mqtt.client_id``; they hold the subscriptions and every queued request.
 * replies: client id ``mqtt.client_id`` + ``-replies``, publishes replies and reads their
   PUBACKs; it subscribes to nothing.
 
-The dispatcher sees one :class:`BrokerLink`: publish on one side, acknowledge on the other.
-
-Leaving share groups (:meth:`BrokerLink.leave`, on SIGTERM): the broker hands a shared
-subscription's messages to the members' sessions, also to one that is away, so a bridge that
-stops without unsubscribing keeps receiving its share (answered when it comes back).  To leave
-for good, the bridge unsubscribes its shared filters and keeps serving until a marker it
-publishes to its own topic ``iot-bridge/leave/<client_id>``, queued behind everything the
-broker had already given it, comes back: then nothing of the group's waits in its session.
+The dispatcher sees one :class:`BrokerLink`: publish on the reply side, acknowledge and pause
+on the request session a message came from (``link.sessions[i]``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from pathlib import Path
 from typing import Callable
 
 from .config import MqttConfig
 from .connecting import ProtocolChoice
 from .message import Inbound, Outbound, Subscription
-from .promises import SessionMarker, check_receive_maximum, session_not_kept
-from .routing import is_shared
+from .sessions import RequestSession, session_count, share, spread
 from .transport import Connection
 
 log = logging.getLogger("bridge.transport")
@@ -47,7 +40,6 @@ REPLIES_SUFFIX = "-replies"
 # accepted, see bridge.codec) and the fixed headers.
 PACKET_HEADROOM = 4 * 65_538 + 1024
 MAX_PACKET_SIZE = 268_435_455  # the largest MQTT allows
-LEAVE_PREFIX = "iot-bridge/leave/"
 
 
 def reply_client_id(config: MqttConfig) -> str:
@@ -60,165 +52,107 @@ def max_packet_size(max_payload: int) -> int:
     return min(max_payload + PACKET_HEADROOM, MAX_PACKET_SIZE)
 
 
+
 class BrokerLink:
-    """Requests in, replies out, on two connections to the same broker."""
+    """Requests in on the request sessions, replies out on one connection, same broker.
+
+    The callbacks that concern one request session get its index: ``on_message(msg, i)``,
+    ``on_session_lost(i)``, ``on_session_resumed(i, last_read)``, ``on_released(i, mid)``.
+    """
 
     def __init__(
         self,
         config: MqttConfig,
         subscriptions: list[Subscription],
-        on_message: Callable[[Inbound], None],
+        on_message: Callable[[Inbound, int], None],
         on_published: Callable[[int], None],
         *,
-        receive_maximum: int = 256,
+        max_in_flight: int = 256,
         max_payload: int | None = None,
         state_dir: Path | None = None,
         password: str | None = None,
-        on_session_lost: Callable[[], None] | None = None,
-        on_session_resumed: Callable[[float], None] | None = None,
-        on_released: Callable[[int], None] | None = None,
+        on_session_lost: Callable[[int], None] | None = None,
+        on_session_resumed: Callable[[int, float], None] | None = None,
+        on_released: Callable[[int, int], None] | None = None,
         on_connected: Callable[[], None] | None = None,
         on_requests_read: Callable[[], None] | None = None,
     ) -> None:
-        self._session_lost = on_session_lost
-        self._session_resumed = on_session_resumed
         self._replies_up = on_connected
-        self._deliver = on_message
-        # Wildcards are not allowed in a topic name: a client id holding one gets "_" instead.
-        self.leave_topic = LEAVE_PREFIX + "".join("_" if c in "+#\x00" else c for c in config.client_id)
-        self._marker: bytes | None = None
-        self._left = asyncio.Event()
-        self._max_in_flight = receive_maximum
-        self._cap_checked = False
         self.protocol = ProtocolChoice(config.protocol)
-        self.session_marker: SessionMarker | None = None
-        if state_dir is not None:
-            self.session_marker = SessionMarker(state_dir, config.client_id, f"{config.host}:{config.port}")
-        self.requests = Connection(
-            config, client_id=config.client_id, name="requests", protocol=self.protocol,
-            subscriptions=subscriptions, on_message=self._on_request, on_connect=self._requests_connected,
-            on_subscribed=self._subscribed, on_stale_pubrel=on_released, on_read_done=on_requests_read,
-            receive_maximum=receive_maximum,
-            max_packet_size=max_packet_size(max_payload) if max_payload is not None else None, password=password,
-        )
-        if self.session_marker is not None and self.session_marker.subscriptions is not None:
-            self.requests.subs.left_over(self.session_marker.subscriptions)
+        count = session_count(len(subscriptions), max_in_flight)
+        packet_size = max_packet_size(max_payload) if max_payload is not None else None
+
+        def session(i: int, subs: list[Subscription]) -> RequestSession:
+            return RequestSession(
+                config, i, subs, protocol=self.protocol, deliver=lambda msg: on_message(msg, i),
+                receive_maximum=share(max_in_flight, count, i), max_packet_size=packet_size,
+                state_dir=state_dir, password=password,
+                lost=on_session_lost and (lambda: on_session_lost(i)),
+                resumed=on_session_resumed and (lambda last_read: on_session_resumed(i, last_read)),
+                released=on_released and (lambda mid: on_released(i, mid)), read_done=on_requests_read)
+
+        self.sessions = [session(i, subs) for i, subs in enumerate(spread(subscriptions, count))]
         self.replies = Connection(
             config, client_id=reply_client_id(config), name="replies", protocol=self.protocol,
             on_published=on_published, on_connect=self._replies_connected, password=password,
         )
 
-    def _requests_connected(self, session_present: bool, broker_cap: int | None) -> None:
-        if broker_cap is not None and not self._cap_checked:
-            self._cap_checked = True
-            check_receive_maximum(broker_cap, self._max_in_flight)
-        if not session_present:
-            if self.requests.connections > 1:
-                session_not_kept(self.requests.client_id, at_start=False)
-            elif self.session_marker is not None:
-                self.session_marker.fresh_session()
-            if self._session_lost is not None:
-                self._session_lost()
-        elif self._session_resumed is not None:
-            # Acknowledgements sent shortly before the last read may not have reached the broker.
-            self._session_resumed(self.requests.last_read)
-
-    def _subscribed(self, subscriptions: list[Subscription]) -> None:
-        if self.session_marker is not None:
-            # Under MQTT 3.1.1 there is no session expiry: the broker keeps sessions as configured.
-            expiry = self.requests.config.session_expiry if self.protocol.v5 else None
-            self.session_marker.session_held(subscriptions, expiry)
-
-    def _on_request(self, msg: Inbound) -> None:
-        if not msg.topic.startswith(LEAVE_PREFIX):
-            self._deliver(msg)
-            return
-        # A leave marker is never a request: this bridge's own, a stale one from an earlier
-        # stop, or another member's that a wide filter (such as "#") matched.
-        if msg.qos:
-            self.requests.ack(msg.mid, msg.qos)
-        if msg.topic == self.leave_topic and self._marker is not None and msg.payload == self._marker:
-            self._left.set()
+    @property
+    def connections(self) -> list[Connection]:
+        """Every connection: the request sessions', then the reply connection."""
+        return [*(s.connection for s in self.sessions), self.replies]
 
     def _replies_connected(self, _session_present: bool, _cap: int | None) -> None:
         if self._replies_up is not None:
             self._replies_up()  # replies parked while it was down go out first
 
     async def run(self) -> None:
-        """Keep both connections up until :meth:`close`.  The reply connection comes up first,
+        """Keep every connection up until :meth:`close`.  The reply connection comes up first,
         so the first requests (a backlog queued in the broker) are answered at once."""
         async with asyncio.TaskGroup() as group:
             group.create_task(self.replies.run(), name="mqtt-replies")
             await self.replies.connected.wait()
-            group.create_task(self.requests.run(), name="mqtt-requests")
+            for s in self.sessions:
+                group.create_task(s.connection.run(), name=f"mqtt-{s.connection.name}")
 
     async def ready(self) -> None:
-        """Wait until both connections are up and every subscription is acknowledged."""
-        await self.replies.connected.wait()
-        await self.requests.connected.wait()
+        """Wait until every connection is up and every subscription is acknowledged."""
+        for conn in self.connections:
+            await conn.connected.wait()
 
     # -- what the dispatcher uses -------------------------------------------------------------
     def publish(self, out: Outbound) -> int | None:
         return self.replies.publish(out)
 
-    def ack(self, mid: int, qos: int) -> None:
-        self.requests.ack(mid, qos)
-
     @property
     def can_publish(self) -> bool:
         return self.replies.is_connected
 
-    @property
-    def can_ack(self) -> bool:
-        return self.requests.is_connected
-
     def flush(self) -> None:
-        self.replies.flush()
-        self.requests.flush()
+        for conn in self.connections:
+            conn.flush()
 
-    def pause(self) -> None:
-        """Stop reading requests (backpressure): the broker keeps the rest."""
-        self.requests.set_reading(False)
-
-    def resume(self) -> None:
-        self.requests.set_reading(True)
+    @property
+    def subscriptions(self) -> list[Subscription]:
+        return [sub for s in self.sessions for sub in s.connection.subscriptions]
 
     def set_subscriptions(self, subscriptions: list[Subscription]) -> None:
-        self.requests.set_subscriptions(subscriptions)
+        """A reload: the routes are spread over the same sessions again."""
+        for s, subs in zip(self.sessions, spread(subscriptions, len(self.sessions))):
+            s.connection.set_subscriptions(subs)
 
     async def leave(self, timeout: float) -> bool:
-        """Leave every share group: unsubscribe the shared filters, keep taking requests until
-        the broker has handed over all it had given this bridge, then return True (False when
-        there was nothing to leave or the marker did not come back within ``timeout``
-        seconds: the rest then waits in this bridge's session for its next start)."""
-        subs = self.requests.subscriptions
-        keep = [s for s in subs if not is_shared(s.topic)]
-        if len(keep) == len(subs):
+        """Leave every share group (bridge.sessions), all sessions at once: True when every
+        session that had shared filters left within ``timeout`` seconds."""
+        members = [s for s in self.sessions if s.shared]
+        if not members:
             return False
-        if not self.requests.is_connected:
-            log.warning("not connected: still a member of the share group(s) until the next start")
-            return False
-        log.info("leaving the share group(s): unsubscribing %d shared filter(s)", len(subs) - len(keep))
-        self._marker = os.urandom(16).hex().encode()
-        # One connection, so the broker handles these in order: unsubscribe, subscribe to the
-        # marker's topic, then the marker goes to the end of this session's queue.
-        self.requests.set_subscriptions([*keep, Subscription(self.leave_topic, 1)])
-        self.requests.publish(Outbound(self.leave_topic, self._marker, 1))
-        try:
-            async with asyncio.timeout(timeout):
-                await self._left.wait()
-        except TimeoutError:
-            log.warning("left the share group(s), but the broker did not confirm within %g s; requests "
-                        "it had queued for this bridge wait for its next start", timeout)
-            return False
-        finally:
-            self.requests.set_subscriptions(keep)  # the marker's topic is unsubscribed again
-        log.info("left the share group(s): the other members take every new request")
-        return True
+        left = await asyncio.gather(*(s.leave(timeout) for s in members))
+        if all(left):
+            log.info("left the share group(s): the other members take every new request")
+        return all(left)
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Disconnect both; the request connection first, after its last acknowledgements."""
-        await self.requests.close(timeout)
+        """Disconnect; the request sessions first, after their last acknowledgements."""
+        await asyncio.gather(*(s.close(timeout) for s in self.sessions))
         await self.replies.close(timeout)
-        if self.session_marker is not None and self.requests.connections:
-            self.session_marker.stopped()

@@ -68,7 +68,12 @@ def pack_publish_properties(out: Outbound) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Subscription:
-    """A topic filter the bridge subscribes to, and its QoS."""
+    """A topic filter the bridge subscribes to, and its QoS.
+
+    ``id`` is the MQTT 5 subscription identifier the broker puts on each message it delivers
+    for this filter: the route's position + 1 (0: the filter's position in its session).
+    """
 
     topic: str
     qos: int
+    id: int = 0

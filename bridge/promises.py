@@ -93,8 +93,10 @@ class SessionMarker:
         if not isinstance(subs, list):
             return None
         try:
-            return [Subscription(str(t), int(q)) for t, q in subs]
-        except (TypeError, ValueError):
+            # [topic, qos, id]; in older markers [topic, qos], the id being the position + 1.
+            return [Subscription(str(s[0]), int(s[1]), int(s[2]) if len(s) > 2 else i)
+                    for i, s in enumerate(subs, start=1)]
+        except (TypeError, ValueError, IndexError):
             return None
 
     def fresh_session(self) -> None:
@@ -116,7 +118,7 @@ class SessionMarker:
         if session_expiry == 0:
             self.forget()  # the broker ends the session when the bridge disconnects
             return
-        self._write({"had_session": True, "subscriptions": [[s.topic, s.qos] for s in subscriptions],
+        self._write({"had_session": True, "subscriptions": [[s.topic, s.qos, s.id] for s in subscriptions],
                      "session_expiry": session_expiry, "stopped_at": None})
 
     def stopped(self) -> None:

@@ -192,7 +192,7 @@ class Connection:
             self.connected.set()
             return
         for index, sub in enumerate(subs.wanted, start=1):
-            rc, mid = mqttclient.subscribe(client, sub, index, self.protocol.v5)
+            rc, mid = mqttclient.subscribe(client, sub, sub.id or index, self.protocol.v5)
             if rc == mqttclient.ERR_SUCCESS and mid is not None:
                 subs.sent(mid, sub)
         if not subs.pending:

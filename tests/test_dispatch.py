@@ -20,7 +20,7 @@ def test_work_from_a_lost_session_never_acknowledges_its_old_packet_id():
         recorder = Recorder()
         dispatcher = dispatching.dispatcher(config, recorder)
         dispatcher.handle(Inbound("w", b"0.1", qos=1, mid=1))  # A, running
-        dispatcher.ledger.session_lost()  # the broker came back without the session
+        dispatcher.lanes[0].ledger.session_lost()  # the broker came back without the session
         dispatcher.handle(Inbound("w", b"0.5", qos=1, mid=1))  # B: a new message, the same id
         async with asyncio.timeout(5):
             while not recorder.published:  # until A has answered (B sleeps longer)
@@ -67,11 +67,11 @@ def test_replies_made_while_the_reply_connection_is_down_go_out_when_it_is_back(
         recorder.can_publish = False
         dispatcher.handle(Inbound("w", b"0", qos=1, mid=3))
         async with asyncio.timeout(5):
-            while not dispatcher.ledger.parked:
+            while not dispatcher.lanes[0].ledger.parked:
                 await asyncio.sleep(0.01)
         published_while_down, acked_while_down = len(recorder.published), list(recorder.acked)
         recorder.can_publish = True
-        dispatcher.ledger.connected()  # the reply connection is back
+        dispatcher.lanes[0].ledger.connected()  # the reply connection is back
         assert await dispatcher.drain(5)
         return recorder, published_while_down, acked_while_down
 
@@ -88,7 +88,7 @@ def test_work_that_finishes_before_its_redelivered_copy_arrives_is_not_run_again
         recorder = Recorder()
         dispatcher = dispatching.dispatcher(SLOW, recorder)
         dispatcher.handle(Inbound("w", b"0.05", qos=1, mid=9))  # running when the connection drops
-        dispatcher.ledger.session_resumed()  # and it came back with the session
+        dispatcher.lanes[0].ledger.session_resumed()  # and it came back with the session
         assert await dispatcher.drain(5)  # finished and answered before the copy was read
         acked_before_copy = list(recorder.acked)
         dispatcher.handle(Inbound("w", b"0.05", qos=1, mid=9, dup=True))  # the broker's copy
@@ -119,7 +119,7 @@ def test_a_qos2_request_finished_while_disconnected_is_completed_when_the_sessio
                 await asyncio.sleep(0.01)
         acked_while_down = list(recorder.acked)
         recorder.can_ack = True
-        dispatcher.ledger.session_resumed()
+        dispatcher.lanes[0].ledger.session_resumed()
         assert await dispatcher.drain(5)
         return recorder, acked_while_down
 
@@ -134,7 +134,7 @@ def test_a_different_message_with_a_running_jobs_id_and_dup_set_is_not_taken_for
         recorder = Recorder()
         dispatcher = _dispatcher(recorder)
         dispatcher.handle(Inbound("w", b"0.05", qos=1, mid=2))  # A
-        dispatcher.ledger.session_resumed()
+        dispatcher.lanes[0].ledger.session_resumed()
         dispatcher.handle(Inbound("w", b"0.01", qos=1, mid=2, dup=True))  # B: the broker lost A
         assert await dispatcher.drain(5)
         return recorder
@@ -188,10 +188,10 @@ def test_a_resent_pubrel_completes_finished_qos2_work_and_waits_for_running_work
     async def scenario() -> tuple[list[int], list[int], Recorder]:
         recorder = Recorder()
         dispatcher = _dispatcher(recorder)
-        dispatcher.ledger.released(11)  # finished before the drop; its PUBCOMP was lost
+        dispatcher.lanes[0].ledger.released(11)  # finished before the drop; its PUBCOMP was lost
         after_finished = list(recorder.acked)
         dispatcher.handle(Inbound("w", b"0.05", qos=2, mid=12))
-        dispatcher.ledger.released(12)  # still running: completed only when its reply is out
+        dispatcher.lanes[0].ledger.released(12)  # still running: completed only when its reply is out
         after_running = list(recorder.acked)
         assert await dispatcher.drain(5)
         return after_finished, after_running, recorder

@@ -99,29 +99,19 @@ def _flood_sigterm_restart(make_bridge, broker, topic_prefix, tmp_path) -> dict[
     return r
 
 
-def test_sigterm_during_a_flood_and_a_restart_keep_max_in_flight_and_lose_nothing(
+def test_sigterm_during_a_flood_and_a_restart_keep_max_in_flight_lose_nothing_and_stall_no_other_route(
         make_bridge, broker, topic_prefix, tmp_path):
     """Row 1: on the restart mosquitto resends its whole unacknowledged window at once, before
     the SUBACKs (3,401 requests read at once when reading could not pause until every SUBACK
     was read); the bridge stops reading at limits.max_in_flight all the same, and the rest
-    waits in the broker.  Every request is answered 200, once; so is every request on the
-    other route."""
+    waits in the broker.  Every request is answered 200, once.  The other route has a session
+    of its own, so its requests never queue behind the flood's (on one session they waited
+    about 3 s behind the 6,700 queued before them): each is answered within about a second."""
     r = _flood_sigterm_restart(make_bridge, broker, topic_prefix, tmp_path)
     assert r["answered_distinct"] == r["sent"] and r["statuses"] == {200: r["sent"]}
     peaks_ = r["in_flight_peak_per_run"]
     assert len(peaks_) == 2 and max(peaks_) <= r["max_in_flight"], peaks_  # type: ignore[arg-type]
     assert r["other_route_requests"] and r["other_route_unanswered"] == 0
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "one MQTT session delivers in order: a request on another route waits in the broker behind "
-    "the flood queued before it (about 3 s for 6,700 requests drained at ~2,000/s). Answering it "
-    "within a second needs that route on a session of its own (another bridge instance or client "
-    "id), which the bridge does not build per route"))
-def test_another_route_answers_within_a_second_while_a_queued_flood_drains(
-        make_bridge, broker, topic_prefix, tmp_path):
-    r = _flood_sigterm_restart(make_bridge, broker, topic_prefix, tmp_path)
-    assert r["other_route_unanswered"] == 0
     assert r["other_route_slowest_s"] <= 1.5, r  # type: ignore[operator]
 
 

@@ -1,4 +1,4 @@
-"""Leaving a share group, the parts that need no broker (bridge.link); the real thing, with
+"""Leaving a share group, the parts that need no broker (bridge.sessions); the real thing, with
 three bridge processes on mosquitto, is in tests/test_shared.py."""
 
 from __future__ import annotations
@@ -11,22 +11,22 @@ from bridge.message import Inbound, Subscription
 
 
 def _link(subscriptions: list[Subscription], delivered: list[Inbound], client_id: str = "gw-1") -> BrokerLink:
-    return BrokerLink(MqttConfig(client_id=client_id), subscriptions, on_message=delivered.append,
+    return BrokerLink(MqttConfig(client_id=client_id), subscriptions, on_message=lambda m, _i: delivered.append(m),
                       on_published=lambda _mid: None)
 
 
 def test_leave_markers_are_never_requests():
     delivered: list[Inbound] = []
-    link = _link([Subscription("$share/g/#", 1)], delivered)
-    assert link.leave_topic == "iot-bridge/leave/gw-1"
+    session = _link([Subscription("$share/g/#", 1)], delivered).sessions[0]
+    assert session.leave_topic == "iot-bridge/leave/gw-1"
     for topic in ("iot-bridge/leave/gw-1", "iot-bridge/leave/gw-2"):  # its own, another member's
-        link._on_request(Inbound(topic, b"marker"))
-    link._on_request(Inbound("iot-bridge/other", b"request"))
+        session._on_request(Inbound(topic, b"marker"))
+    session._on_request(Inbound("iot-bridge/other", b"request"))
     assert [m.topic for m in delivered] == ["iot-bridge/other"]
 
 
 def test_a_client_id_with_wildcards_gets_a_valid_leave_topic():
-    assert _link([], [], client_id="gw+1#").leave_topic == "iot-bridge/leave/gw_1_"
+    assert _link([], [], client_id="gw+1#").sessions[0].leave_topic == "iot-bridge/leave/gw_1_"
 
 
 def test_there_is_nothing_to_leave_without_shared_subscriptions_or_a_connection():

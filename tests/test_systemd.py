@@ -153,13 +153,14 @@ def test_sighup_reload_is_bracketed_by_reloading_and_ready(make_bridge, broker, 
 def test_watchdog_pings_every_half_interval(make_bridge, topic_prefix, notify):
     path, listener = notify
     bridge = make_bridge([{"topic": f"{topic_prefix}/x", "handler": "inspect_event"}],
-                         env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"})
+                         env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "600000"})
     listener.explain = bridge.log
-    pings = listener.wait_field("WATCHDOG", count=10, timeout=10)
+    pings = listener.wait_field("WATCHDOG", count=10, timeout=15)
     gaps = [b.at - a.at for a, b in zip(pings, pings[1:])]
-    # 0.1 s apart: well inside the 0.2 s WatchdogSec, and not a busy loop.
-    assert 0.05 < sum(gaps) / len(gaps) < 0.15, gaps
-    assert max(gaps) < 0.2, gaps
+    # 0.3 s apart: well inside the 0.6 s WatchdogSec (a loaded 2-core machine delays a timer
+    # by a tenth of a second now and then), and not a busy loop.
+    assert 0.2 < sum(gaps) / len(gaps) < 0.4, gaps
+    assert max(gaps) < 0.6, gaps
 
 
 @pytest.mark.parametrize("mode", ["process", "thread"])

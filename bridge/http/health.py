@@ -23,12 +23,12 @@ def verdict(view: "BridgeView") -> tuple[str, str]:
     link = view.link
     if link is None:
         return "starting", "loading functions"
-    down = [c.name for c in (link.requests, link.replies) if not c.is_connected]
+    down = [c.name for c in link.connections if not c.is_connected]
     state = "starting" if view.phase == "starting" else "broker away"
     mqtt = view.config.mqtt
     if down:
         return state, f"{' and '.join(down)} connection{'s' if len(down) > 1 else ''} to {mqtt.host}:{mqtt.port} down"
-    if not (link.requests.connected.is_set() and link.replies.connected.is_set()):
+    if not all(c.connected.is_set() for c in link.connections):
         return state, "subscribing"
     return "serving", ""
 

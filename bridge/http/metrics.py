@@ -38,7 +38,7 @@ class BridgeCollector(Collector):
             yield _gauge("iot_bridge_in_flight", "Requests being worked on (MQTT and HTTP), not yet answered.",
                          dispatcher.in_flight)
             yield _gauge("iot_bridge_parked_replies", "Replies waiting for the reply connection to come back.",
-                         dispatcher.ledger.parked)
+                         dispatcher.parked)
         yield _gauge("iot_bridge_max_in_flight", "limits.max_in_flight: the bound of iot_bridge_in_flight.",
                      view.config.limits.max_in_flight)
         if link is not None:
@@ -46,7 +46,7 @@ class BridgeCollector(Collector):
                                           labels=["connection"])
             reconnects = CounterMetricFamily("iot_bridge_reconnects", "Connections made after the first one.",
                                              labels=["connection"])
-            for conn in (link.requests, link.replies):
+            for conn in link.connections:
                 connected.add_metric([conn.name], 1 if conn.is_connected else 0)
                 reconnects.add_metric([conn.name], max(conn.connections - 1, 0))
             yield connected

@@ -20,6 +20,7 @@ from .health import verdict
 
 if TYPE_CHECKING:
     from ..dispatch import Route
+    from ..transport import Connection
     from .server import BridgeView
 
 REFRESH_SECONDS = 5
@@ -102,8 +103,10 @@ def _broker(view: "BridgeView") -> str:
     mqtt = view.config.mqtt
     rows = []
     link = view.link
-    for name, client_id in (("requests", mqtt.client_id), ("replies", reply_client_id(mqtt))):
-        conn = getattr(link, name, None) if link is not None else None
+    connections: list[tuple[str, str, Connection | None]] = (
+        [(c.name, c.client_id, c) for c in link.connections] if link is not None
+        else [("requests", mqtt.client_id, None), ("replies", reply_client_id(mqtt), None)])
+    for name, client_id, conn in connections:
         up = conn is not None and conn.is_connected
         state = '<span class="ok">connected</span>' if up else '<span class="bad">down</span>'
         reconnects = max(conn.connections - 1, 0) if conn is not None else 0
@@ -115,7 +118,7 @@ def _broker(view: "BridgeView") -> str:
 def _work(view: "BridgeView") -> str:
     dispatcher = view.dispatcher
     in_flight = dispatcher.in_flight if dispatcher is not None else 0
-    parked = dispatcher.ledger.parked if dispatcher is not None else 0
+    parked = dispatcher.parked if dispatcher is not None else 0
     items = [f"In flight: <b>{in_flight}</b> of {view.config.limits.max_in_flight}",
              f"Parked replies: <b>{parked}</b>"]
     if view.things is not None:

@@ -21,6 +21,10 @@ class Recorder:
     def ack(self, mid: int, qos: int) -> None:
         self.acked.append(mid)
 
+    @property
+    def sessions(self) -> list["Recorder"]:
+        return [self]  # one request session, recorded here too
+
     def pause(self) -> None: ...
     def resume(self) -> None: ...
     def flush(self) -> None: ...
