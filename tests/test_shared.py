@@ -23,12 +23,12 @@ pytestmark = pytest.mark.slow
 GROUP = "workers"
 
 
-def _members(make_bridge, topic: str, names: tuple[str, ...], *, route: dict | None = None,
+def _members(make_bridge, topic: str, names: tuple[str, ...], *, routes: list[dict] | None = None,
              share_group: str | None = GROUP, **sections) -> dict[str, BridgeProcess]:
     """Bridges named ``names`` (each its own client id and state files) in one share group."""
     mqtt = {**({"share_group": share_group} if share_group else {}), **sections.pop("mqtt", {})}
-    route = route or {"topic": topic, "handler": "served_by", "reply_topic": "replies/{topic}"}
-    return {n: make_bridge([route], name=n, env={"BRIDGE_NAME": n}, mqtt=mqtt, **sections) for n in names}
+    routes = routes or [{"topic": topic, "handler": "served_by", "reply_topic": "replies/{topic}"}]
+    return {n: make_bridge(routes, name=n, env={"BRIDGE_NAME": n}, mqtt=mqtt, **sections) for n in names}
 
 
 def _answers(collector: Collector) -> list[dict]:
@@ -63,10 +63,13 @@ def test_2000_requests_over_3_bridges_are_each_answered_exactly_once(make_bridge
     assert set(served) == {"a", "b", "c"} and all(n > 0 for n in served.values()), served
 
 
-def _stream(publisher: Publisher, topic: str, count: int, rate: float) -> threading.Thread:
+def _stream(publisher: Publisher, topic: str | list[str], count: int, rate: float) -> threading.Thread:
+    """``count`` requests at ``rate`` per second, to ``topic`` (or to each of a list in turn)."""
+    topics = [topic] if isinstance(topic, str) else topic
+
     def run() -> None:
         for i in range(count):
-            publisher.publish(topic, f"s-{i:04d}", 1, [("query", "sleep=0.005")])
+            publisher.publish(topics[i % len(topics)], f"s-{i:04d}", 1, [("query", "sleep=0.005")])
             time.sleep(1 / rate)
 
     thread = threading.Thread(target=run, daemon=True)
@@ -113,12 +116,15 @@ def test_a_member_killed_mid_stream_answers_what_it_held_when_it_restarts(make_b
 
 def test_a_member_stopped_with_sigterm_leaves_the_group_and_nothing_is_lost(make_bridge, broker, topic_prefix,
                                                                            tmp_path):
+    """Two routes, so each member has two request sessions in the group: b leaves with both."""
     t, count = topic_prefix, 450
-    bridges = _members(make_bridge, f"{t}/req", ("a", "b", "c"))
-    replies = Collector(broker.port, f"replies/{t}/req", f"st-{tmp_path.name}"[:23])
+    topics = [f"{t}/req/one", f"{t}/req/two"]
+    routes = [{"topic": topic, "handler": "served_by", "reply_topic": "replies/{topic}"} for topic in topics]
+    bridges = _members(make_bridge, f"{t}/req", ("a", "b", "c"), routes=routes)
+    replies = Collector(broker.port, f"replies/{t}/req/+", f"st-{tmp_path.name}"[:23])
     publisher = Publisher(broker.port, f"tp-{tmp_path.name}"[:23])
     try:
-        sender = _stream(publisher, f"{t}/req", count, rate=150)
+        sender = _stream(publisher, topics, count, rate=150)
         wait_for(lambda: len(_answers(replies)) >= 100, 20, "100 replies before SIGTERM")
         bridges["b"].signal(signal.SIGTERM)
         assert bridges["b"].wait(30) == 0
@@ -127,14 +133,15 @@ def test_a_member_stopped_with_sigterm_leaves_the_group_and_nothing_is_lost(make
         wait_for(lambda: len({a["body"] for a in _answers(replies)}) >= count, 30, "every request answered")
         for name in ("a", "c"):
             assert bridges[name].stop() == 0
-        _settle(broker.port, f"replies/{t}/req", replies)
+        _settle(broker.port, f"replies/{t}/req/one", replies)
     finally:
         publisher.close()
         replies.close()
     bodies = Counter(a["body"] for a in _answers(replies))
     assert set(bodies) == {f"s-{i:04d}" for i in range(count)}
     assert [b for b, n in bodies.items() if n > 1] == []
-    assert "left the share group(s)" in bridges["b"].log()
+    log = bridges["b"].log()
+    assert log.count("leaving the share group(s)") == 2 and "left the share group(s):" in log
 
 
 @pytest.mark.parametrize("protocol", [5, 4])
@@ -142,7 +149,7 @@ def test_a_route_topic_with_an_explicit_share_prefix_is_served(make_bridge, brok
                                                               protocol):
     t, count = topic_prefix, 40
     route = {"topic": f"$share/{GROUP}/{t}/req/+", "handler": "served_by", "reply_topic": "replies/{topic}"}
-    bridges = _members(make_bridge, "", ("a", "b"), route=route, share_group=None,
+    bridges = _members(make_bridge, "", ("a", "b"), routes=[route], share_group=None,
                        mqtt={"protocol": protocol})
     replies = Collector(broker.port, f"replies/{t}/req/+", f"ex-{tmp_path.name}"[:23])
     try:
