@@ -122,7 +122,8 @@ def serve(sock: socket.socket) -> int:
     threading.Thread(target=_watch_loop, args=(channel, runner), name="watch-loop", daemon=True).start()
     Crew(channel, handle, sum(widths.values())).start()
     stopping.wait()
-    while runner.running:  # finish what runs; the daemon kills us if it takes too long
+    # Finish what runs and write its results; the daemon kills us if it takes too long.
+    while runner.running or channel.pending:
         time.sleep(0.02)
     return 0
 

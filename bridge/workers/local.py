@@ -136,9 +136,11 @@ class LocalRunner:
             response = respond(function, lambda: function.call(event, self._context))
         finally:
             current_function.reset(reset)
-        with self._count_lock:
-            self.running -= 1
-        self._done(token, response)
+        try:
+            self._done(token, response)
+        finally:  # counted until its result is handed on: a stopping worker waits for it
+            with self._count_lock:
+                self.running -= 1
 
     async def _run_async(self, token: Any, function: Function, event: Event) -> None:
         current_function.set(function.name)  # this task's own context

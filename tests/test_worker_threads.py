@@ -1,0 +1,66 @@
+"""Calls inside one worker process: the thread that reads a batch runs it, and a slow call
+never holds up the others (real daemon, real worker process, real broker)."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from tests.support.load import Requester
+from tests.support.waiting import wait_for
+
+
+def _bodies(replies: list[bytes]) -> list[dict]:
+    out = [json.loads(r) for r in replies]
+    assert all(r["status_code"] == 200 for r in out), out
+    return [r["body"] for r in out]
+
+
+def test_blocking_calls_run_side_by_side_up_to_the_routes_concurrency(make_bridge, broker, topic_prefix, tmp_path):
+    """Four calls sent at once to a function that sleeps, concurrency 4, one worker: all four
+    run at the same time (each starts before any ends), on four threads of the one process."""
+    t = topic_prefix
+    make_bridge([{"topic": f"{t}/nap", "handler": "nap", "concurrency": 4}], workers={"processes": 1})
+    rqs = [Requester(broker.port, f"n{i}-{tmp_path.name}"[:23]) for i in range(4)]
+    replies: list[bytes] = []
+    try:
+        threads = [threading.Thread(target=lambda r=r: replies.append(r.request(
+            f"{t}/nap", "x", user_properties=[("query", "sleep=0.5")], timeout=10)[0])) for r in rqs]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(15)
+    finally:
+        for r in rqs:
+            r.close()
+    bodies = _bodies(replies)
+    assert len(bodies) == 4
+    assert len({b["pid"] for b in bodies}) == 1
+    assert len({b["thread"] for b in bodies}) == 4
+    assert max(b["start"] for b in bodies) < min(b["end"] for b in bodies)
+
+
+def test_a_fast_call_is_answered_while_a_slow_one_runs_in_the_same_worker(make_bridge, broker, topic_prefix,
+                                                                          tmp_path):
+    """A slow call has the worker's only busy thread; a fast route's calls sent meanwhile start,
+    finish and are answered while the slow call still runs."""
+    t, seen = topic_prefix, tmp_path / "seen.txt"
+    make_bridge([{"topic": f"{t}/slow", "handler": "record", "timeout": 30},
+                 {"topic": f"{t}/fast", "handler": "nap"}], workers={"processes": 1})
+    slow_rq = Requester(broker.port, f"s-{tmp_path.name}"[:23])
+    fast_rq = Requester(broker.port, f"f-{tmp_path.name}"[:23])
+    slow: list[bytes] = []
+    try:
+        waiter = threading.Thread(target=lambda: slow.append(slow_rq.request(
+            f"{t}/slow", "slow", user_properties=[("query", f"file={seen}&sleep=3")], timeout=20)[0]))
+        waiter.start()
+        wait_for(lambda: seen.exists() and seen.read_text() == "slow\n", 10, "the slow call to start")
+        fast = _bodies([fast_rq.request(f"{t}/fast", "x", timeout=10)[0] for _ in range(5)])
+        slow_running = waiter.is_alive()
+        waiter.join(20)
+    finally:
+        slow_rq.close()
+        fast_rq.close()
+    assert slow_running, "the fast calls were answered only after the slow one"
+    assert json.loads(slow[0])["status_code"] == 200
+    assert len({b["pid"] for b in fast}) == 1
