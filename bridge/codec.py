@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
+from json.encoder import encode_basestring
 from typing import Any
 
 from .contract import METHODS, Event, Response, error_body, header_map
@@ -73,15 +74,19 @@ def reply_document(resp: Response) -> dict[str, Any]:
     return json.loads(_json_reply(resp))
 
 
+# What json.dumps(..., ensure_ascii=False, separators=(",", ":")) builds on every call.
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def _json_reply(resp: Response) -> bytes:
     headers = header_map([*resp.headers, ("Content-Type", resp.content_type)])
-    head = f'{{"status_code":{resp.status},"headers":{json.dumps(headers, ensure_ascii=False, separators=(",", ":"))},"body":'
+    head = f'{{"status_code":{resp.status},"headers":{_COMPACT.encode(headers)},"body":'
     if resp.json:
         body = resp.body  # already JSON: embedded as an object, not encoded twice
         tail = b"}"
     else:
         try:
-            body = json.dumps(resp.body.decode("utf-8"), ensure_ascii=False).encode()
+            body = encode_basestring(resp.body.decode("utf-8")).encode()  # as json.dumps does it
             tail = b"}"
         except UnicodeDecodeError:
             # JSON cannot carry raw bytes: say how the string is encoded.
