@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
@@ -68,7 +69,7 @@ class Job(Held):
     route: Route = None  # type: ignore[assignment]  (always given)
     lane: Lane | None = None  # the request session it came on (None: an HTTP call)
     reply_to: str | None = None
-    arrived: float = 0.0  # loop time
+    arrived: float = 0.0  # time.monotonic(): the loop's clock may tick in whole milliseconds
     done: bool = False  # answered
     running: bool = False  # holds one of its route's concurrency slots
     timer: asyncio.TimerHandle | None = None
@@ -144,7 +145,7 @@ class Dispatcher:
             self.stats.refused("no_route")
             ledger.ignore(msg)
             return
-        job = Job(msg, route=route, lane=lane, reply_to=self._reply_topic(msg, route), arrived=self.loop.time())
+        job = Job(msg, route=route, lane=lane, reply_to=self._reply_topic(msg, route), arrived=time.monotonic())
         self._take(job)
         stored = ledger.hold(job)
         if stored is not None:
@@ -184,7 +185,7 @@ class Dispatcher:
                                          kind="TooManyRequests"))
         else:
             # The route's topic stands in for the MQTT topic in logs and Thing writes.
-            job = Job(Inbound(route.config.topic, event.body), route=route, arrived=self.loop.time(),
+            job = Job(Inbound(route.config.topic, event.body), route=route, arrived=time.monotonic(),
                       event=event, caller=future)
             self._take(job)
             self._run(job)
@@ -296,14 +297,14 @@ class Dispatcher:
         except Exception:
             log.exception("publishing the reply to %s failed; acknowledged without a reply", job.reply_to)
             ledger.send(job, None)
-        job.route.stats.done(response, self.loop.time() - job.arrived)
+        job.route.stats.done(response, time.monotonic() - job.arrived)
 
     def _answer_call(self, job: Job, response: Response) -> None:
         """Hand an HTTP call its response and free its slot (it has no ack to wait for)."""
         assert job.caller is not None
         if not job.caller.done():  # done: the caller gave up waiting
             job.caller.set_result(response)
-        job.route.stats.done(response, self.loop.time() - job.arrived)
+        job.route.stats.done(response, time.monotonic() - job.arrived)
         self._released_slot(job)
 
     def _encode(self, job: Job, response: Response) -> Outbound:
@@ -324,7 +325,7 @@ class Dispatcher:
                         job.route.config.handler or "-", response.status, failure.kind, failure.message, where)
         if self._access:
             access_log.info("%s %s %d %.1f ms", job.msg.topic, job.route.config.handler or "-", response.status,
-                            (self.loop.time() - job.arrived) * 1000)
+                            (time.monotonic() - job.arrived) * 1000)
 
     def _released_slot(self, held: Held) -> None:
         """The ledger is done with a request: it no longer counts as in flight."""
