@@ -13,7 +13,7 @@ import pytest
 from tests.support.clients import rr
 import time
 
-from tests.support.load import Requester, figures, p50, proc_memory
+from tests.support.load import Requester, at_once, figures, p50, proc_memory
 from tests.support.waiting import file_lines, wait_for
 
 
@@ -159,18 +159,7 @@ def test_cpu_bound_calls_use_as_many_cores_as_there_are_workers(make_bridge, bro
                                                                  processes):
     t = topic_prefix
     make_bridge([{"topic": f"{t}/burn", "handler": "burn", "concurrency": 8}], workers={"processes": processes})
-    rqs = [Requester(broker.port, f"b{i}-{tmp_path.name}"[:23]) for i in range(8)]
-    replies: list[dict] = []
-    try:
-        threads = [threading.Thread(target=lambda r=r: replies.extend(
-            json.loads(r.request(f"{t}/burn", "x")[0])["body"] for _ in range(4))) for r in rqs]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(30)
-    finally:
-        for r in rqs:
-            r.close()
+    replies = [json.loads(r)["body"] for r in at_once(broker.port, f"{t}/burn", 8, f"b-{tmp_path.name}", each=4)]
     assert len(replies) == 32
     pids = {r["pid"] for r in replies}
     span = max(r["end"] for r in replies) - min(r["start"] for r in replies)

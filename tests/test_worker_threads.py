@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 
-from tests.support.load import Requester
+from tests.support.load import Requester, at_once
 from tests.support.waiting import wait_for
 
 
@@ -21,18 +21,8 @@ def test_blocking_calls_run_side_by_side_up_to_the_routes_concurrency(make_bridg
     run at the same time (each starts before any ends), on four threads of the one process."""
     t = topic_prefix
     make_bridge([{"topic": f"{t}/nap", "handler": "nap", "concurrency": 4}], workers={"processes": 1})
-    rqs = [Requester(broker.port, f"n{i}-{tmp_path.name}"[:23]) for i in range(4)]
-    replies: list[bytes] = []
-    try:
-        threads = [threading.Thread(target=lambda r=r: replies.append(r.request(
-            f"{t}/nap", "x", user_properties=[("query", "sleep=0.5")], timeout=10)[0])) for r in rqs]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(15)
-    finally:
-        for r in rqs:
-            r.close()
+    replies = at_once(broker.port, f"{t}/nap", 4, f"n-{tmp_path.name}", join=15,
+                      user_properties=[("query", "sleep=0.5")], timeout=10)
     bodies = _bodies(replies)
     assert len(bodies) == 4
     assert len({b["pid"] for b in bodies}) == 1

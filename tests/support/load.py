@@ -185,6 +185,25 @@ class Requester:
         self.client.loop_stop()
 
 
+def at_once(port: int, topic: str, clients: int, name: str, *, each: int = 1, join: float = 30,
+            **request: object) -> list[bytes]:
+    """``clients`` closed-loop requesters sending ``each`` requests to ``topic`` at the same
+    time (one thread each); the replies, in no particular order."""
+    rqs = [Requester(port, f"{name[:18]}-{i}") for i in range(clients)]  # client ids of at most 23
+    replies: list[bytes] = []
+    try:
+        threads = [threading.Thread(target=lambda r=r: replies.extend(
+            r.request(topic, "x", **request)[0] for _ in range(each))) for r in rqs]  # type: ignore[arg-type]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(join)
+    finally:
+        for r in rqs:
+            r.close()
+    return replies
+
+
 def p50(values: list[float]) -> float:
     return statistics.median(values)
 
