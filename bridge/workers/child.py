@@ -122,8 +122,9 @@ def serve(sock: socket.socket) -> int:
     threading.Thread(target=_watch_loop, args=(channel, runner), name="watch-loop", daemon=True).start()
     Crew(channel, handle, sum(widths.values())).start()
     stopping.wait()
-    # Finish what runs and write its results; the daemon kills us if it takes too long.
-    while runner.running or channel.pending:
+    # Answer every call read before the "stop" (also one another thread has taken but not
+    # started yet) and write the results; the daemon kills us if it takes too long.
+    while channel.unanswered or runner.running or channel.pending:
         time.sleep(0.02)
     return 0
 

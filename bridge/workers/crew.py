@@ -55,6 +55,8 @@ class Channel:
         self._holders: set[int] = set()  # threads whose results wait for their release()
         self.appended = 0  # frames given to send(), ever
         self.taken = 0  # of those, how many a write has taken
+        self._calls = 0  # "call" frames read
+        self._results = 0  # "result" frames sent
 
     def send(self, *items: Any) -> None:
         """Send a frame; frames queued while another thread writes go out with its next write."""
@@ -62,6 +64,8 @@ class Channel:
         with self._lock:
             self._out.append(data)
             self.appended += 1
+            if items[0] == "result":
+                self._results += 1
             if self._sending or (self._holders and threading.get_ident() in self._holders):
                 return  # the thread writing now, or this thread's release(), takes it
             self._sending = True
@@ -93,6 +97,13 @@ class Channel:
         """Frames not yet written (held, queued or being written)."""
         return bool(self._out) or self._sending
 
+    @property
+    def unanswered(self) -> int:
+        """Calls read whose result was not sent yet: also those read but not yet started,
+        which no count of running calls sees."""
+        with self._lock:
+            return self._calls - self._results
+
     def _write(self) -> None:
         while True:
             with self._lock:
@@ -112,6 +123,9 @@ class Channel:
         while True:
             frames = wire.split(self._buffer, safe=False)
             if frames:
+                calls = sum(1 for f in frames if f[0] == "call")
+                with self._lock:
+                    self._calls += calls
                 return frames
             try:
                 chunk = self._sock.recv(65536)  # under malloc's mmap threshold: no mmap per read
