@@ -29,7 +29,7 @@ from typing import Callable
 from .config import MqttConfig
 from .connecting import ProtocolChoice
 from .message import Inbound, Outbound, Subscription
-from .sessions import RequestSession, session_count, share, spread
+from .sessions import RequestSession, respread, session_count, share, spread
 from .transport import Connection
 
 log = logging.getLogger("bridge.transport")
@@ -91,7 +91,13 @@ class BrokerLink:
                 resumed=on_session_resumed and (lambda last_read: on_session_resumed(i, last_read)),
                 released=on_released and (lambda mid: on_released(i, mid)), read_done=on_requests_read)
 
-        self.sessions = [session(i, subs) for i, subs in enumerate(spread(subscriptions, count))]
+        groups = spread(subscriptions, count)
+        self.sessions = [session(i, subs) for i, subs in enumerate(groups)]
+        for s, subs in zip(self.sessions, groups):
+            # A filter the last run had on another session (another route order, or sessions
+            # added since) is unsubscribed there only once its new session holds it (ready()):
+            # make before break, so no request published meanwhile finds no subscriber.
+            s.resume_left_over({sub.topic for sub in subscriptions} - {sub.topic for sub in subs})
         self.replies = Connection(
             config, client_id=reply_client_id(config), name="replies", protocol=self.protocol,
             on_published=on_published, on_connect=self._replies_connected, password=password,
@@ -116,9 +122,13 @@ class BrokerLink:
                 group.create_task(s.connection.run(), name=f"mqtt-{s.connection.name}")
 
     async def ready(self) -> None:
-        """Wait until every connection is up and every subscription is acknowledged."""
+        """Wait until every connection is up and every subscription is acknowledged; then
+        each session drops the filters the others hold, should it still have them."""
         for conn in self.connections:
             await conn.connected.wait()
+        if len(self.sessions) > 1:
+            for s in self.sessions:
+                s.release_others()
 
     # -- what the dispatcher uses -------------------------------------------------------------
     def publish(self, out: Outbound) -> int | None:
@@ -137,8 +147,9 @@ class BrokerLink:
         return [sub for s in self.sessions for sub in s.connection.subscriptions]
 
     def set_subscriptions(self, subscriptions: list[Subscription]) -> None:
-        """A reload: the routes are spread over the same sessions again."""
-        for s, subs in zip(self.sessions, spread(subscriptions, len(self.sessions))):
+        """A reload: each filter stays on the session holding it (bridge.sessions.respread)."""
+        current = [s.connection.subscriptions for s in self.sessions]
+        for s, subs in zip(self.sessions, respread(subscriptions, current)):
             s.connection.set_subscriptions(subs)
 
     async def leave(self, timeout: float) -> bool:

@@ -198,8 +198,9 @@ class SessionSubscriptions:
         self.wanted = subscriptions
         self.held = None
 
-    def left_over(self, subscriptions: list[Subscription]) -> None:
+    def left_over(self, subscriptions: list[Subscription], keep: set[str] = frozenset()) -> None:
         """What a previous run's session held: resumed as is when unchanged, else the filters
-        no route wants are unsubscribed."""
+        no route wants are unsubscribed, except those in ``keep`` (another session takes
+        them over: unsubscribed once it holds them, see bridge.link)."""
         self.held = subscriptions
-        self.unsubscribe |= {s.topic for s in subscriptions} - {s.topic for s in self.wanted}
+        self.unsubscribe |= {s.topic for s in subscriptions} - {s.topic for s in self.wanted} - keep

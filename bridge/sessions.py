@@ -11,7 +11,10 @@ reading only its own session.
   has exactly the one session it always had.
 * Routes are spread over the sessions in order (route i on session i mod n).  There are as
   many sessions as routes, but never more than ``limits.max_in_flight`` (each needs a share
-  of at least one); the count is fixed at start, a reload moves routes between them.
+  of at least one); the count is fixed at start.  A reload keeps each route's filter on the
+  session that holds it and puts new ones on the sessions with fewest (:func:`respread`):
+  a filter moved from one session to another would leave a moment in which no session is
+  subscribed, and a QoS 1 request published then would be lost.
 * ``limits.max_in_flight`` is split between the sessions (:func:`share`); each announces its
   share as Receive Maximum.
 
@@ -67,6 +70,23 @@ def spread(subscriptions: list[Subscription], count: int) -> list[list[Subscript
     return groups
 
 
+def respread(subscriptions: list[Subscription], current: list[list[Subscription]]) -> list[list[Subscription]]:
+    """A reload's subscriptions over the sessions holding ``current``: a filter stays on the
+    session that has it, a new one goes to the session with fewest."""
+    where = {sub.topic: i for i, subs in enumerate(current) for sub in subs}
+    groups: list[list[Subscription]] = [[] for _ in current]
+    new = []
+    for sub in subscriptions:
+        i = where.get(sub.topic)
+        if i is None:
+            new.append(sub)
+        else:
+            groups[i].append(sub)
+    for sub in new:
+        min(groups, key=len).append(sub)
+    return groups
+
+
 def leave_topic(client_id: str) -> str:
     # Wildcards are not allowed in a topic name: a client id holding one gets "_" instead.
     return LEAVE_PREFIX + "".join("_" if c in "+#\x00" else c for c in client_id)
@@ -118,8 +138,22 @@ class RequestSession:
             on_stale_pubrel=released, on_read_done=read_done, receive_maximum=receive_maximum,
             max_packet_size=max_packet_size, password=password,
         )
+        self.others: set[str] = set()  # filters the other sessions hold
+
+    def resume_left_over(self, others: set[str]) -> None:
+        """Adopt what this client id's session held when the bridge last ran (its marker):
+        filters no route wants are unsubscribed at connect; ``others`` (those the other
+        sessions take) only by :meth:`release_others`, once those sessions hold them."""
+        self.others = others
         if self.session_marker is not None and self.session_marker.subscriptions is not None:
-            self.connection.subs.left_over(self.session_marker.subscriptions)
+            self.connection.subs.left_over(self.session_marker.subscriptions, keep=others)
+
+    def release_others(self) -> None:
+        """Unsubscribe the filters the other sessions hold, in case this session still has
+        them (a previous run spread the routes otherwise; unsubscribing a filter the
+        session does not have is harmless)."""
+        if self.others:
+            self.connection.unsubscribe(self.others)
 
     def _connected(self, session_present: bool, broker_cap: int | None) -> None:
         if broker_cap is not None and not self._cap_checked:

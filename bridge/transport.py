@@ -209,6 +209,13 @@ class Connection:
     def subscriptions(self) -> list[Subscription]:
         return self.subs.wanted
 
+    def unsubscribe(self, topics: set[str]) -> None:
+        """Unsubscribe ``topics`` now, or at the next connect."""
+        self.subs.unsubscribe |= topics
+        if self._up_now:
+            self._client.unsubscribe(sorted(self.subs.unsubscribe))
+            self.subs.unsubscribe.clear()
+
     def _on_subscribe(self, _c: mqttclient.Client, _u: Any, mid: int, reasons: Any, _p: Any) -> None:
         granted = [None if r.is_failure else int(r.value) for r in reasons]
         if self.subs.acknowledged(mid, granted):

@@ -53,7 +53,7 @@ class Run:
     """A bridge on ``broker`` (optionally through a proxy), a 3.1.1 publisher and collector."""
 
     def __init__(self, make_bridge, broker: Any, tmp_path: Path, topic: str, *, port: int | None = None,
-                 concurrency: int = 4, **sections: Any) -> None:
+                 concurrency: int = 4, routes: int = 1, **sections: Any) -> None:
         self.broker, self.topic = broker, topic
         self.runs = tmp_path / "runs.txt"
         self.runs.touch()
@@ -62,8 +62,10 @@ class Run:
             mqtt["username"] = broker.username
             sections["secrets"] = {"dir": str(self._secrets(tmp_path))}
             mqtt["password_secret"] = "mqtt-password"
-        self.bridge = make_bridge([{"topic": f"{topic}/req", "handler": "runlog", "reply_topic": f"{topic}/reply",
-                                    "concurrency": concurrency}],
+        # Route n >= 2 takes {topic}/req{n}, on a session of its own.
+        self.topics = [f"{topic}/req" + (str(n) if n > 1 else "") for n in range(1, routes + 1)]
+        self.bridge = make_bridge([{"topic": t, "handler": "runlog", "reply_topic": f"{topic}/reply",
+                                    "concurrency": concurrency} for t in self.topics],
                                   on=broker, start=False, env={"BRIDGE_TEST_RUNLOG": str(self.runs)},
                                   mqtt=mqtt, **sections)
         who = tmp_path.name[-12:]
@@ -78,8 +80,8 @@ class Run:
         (d / "mqtt-password").chmod(0o600)
         return d
 
-    def send(self, body: str) -> None:
-        self.publisher.publish(f"{self.topic}/req", body, 1)
+    def send(self, body: str, route: int = 0) -> None:
+        self.publisher.publish(self.topics[route], body, 1)
 
     def answered(self) -> Counter[str]:
         return Counter(json.loads(p)["body"] for p in self.replies.snapshot())
@@ -127,12 +129,13 @@ def test_a_forced_mqtt5_is_refused_with_an_error_naming_the_key(make_bridge, oth
 
 @pytest.mark.parametrize("other_broker", KINDS, indirect=True)
 def test_qos1_requests_are_each_run_and_answered_exactly_once(make_bridge, other_broker, topic_prefix, tmp_path):
+    """Two routes, so two request sessions (and, at start, each unsubscribing the other's filter)."""
     count = 200
-    run = Run(make_bridge, other_broker, tmp_path, topic_prefix)
+    run = Run(make_bridge, other_broker, tmp_path, topic_prefix, routes=2)
     try:
         run.bridge.start(timeout=30)
         for i in range(count):
-            run.send(f"r{i:03d}")
+            run.send(f"r{i:03d}", route=i % 2)
         wait_for(lambda: len(run.answered()) >= count, 30, f"{count} replies")
         wait_for(lambda: run.publisher.unacknowledged() == 0, 10, "the broker acknowledged every request")
     finally:

@@ -1,12 +1,21 @@
-"""How routes are spread over request sessions (bridge.sessions), without a broker; with one,
-tests/test_limits.py shows why: a flood on one route does not hold up another."""
+"""How routes are spread over request sessions (bridge.sessions): without a broker, and with
+mosquitto when a restart moves a route to a session of its own.  tests/test_limits.py shows
+why there is a session per route: a flood on one route does not hold up another."""
 
 from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
 
 from bridge.config import MqttConfig
 from bridge.link import BrokerLink
 from bridge.message import Subscription
-from bridge.sessions import session_client_id, session_count, share, spread
+from bridge.promises import SessionSubscriptions
+from bridge.sessions import respread, session_client_id, session_count, share, spread
+from tests.support.load import Collector, Publisher
+from tests.support.waiting import wait_for
 
 
 def _subs(n: int) -> list[Subscription]:
@@ -43,3 +52,61 @@ def test_shares_add_up_to_the_bound():
 
 def test_client_ids():
     assert [session_client_id("gw-1", i) for i in range(3)] == ["gw-1", "gw-1-s2", "gw-1-s3"]
+
+
+def test_a_reload_keeps_each_filter_on_the_session_holding_it():
+    a, b, c, d = (Subscription(f"t/{x}", 1) for x in "abcd")
+    # A new first route: spread() would move every filter; each stays, the new one goes to
+    # the session with fewest.
+    assert respread([d, a, b, c], [[a, c], [b]]) == [[a, c], [b, d]]
+    assert respread([c], [[a, c], [b]]) == [[c], []]  # removed ones are unsubscribed
+
+
+def test_a_left_over_filter_another_session_takes_is_kept_until_that_one_holds_it():
+    subs = SessionSubscriptions([Subscription("t/a", 1)])
+    subs.left_over([Subscription("t/a", 1), Subscription("t/b", 1), Subscription("t/gone", 1)], keep={"t/b"})
+    assert subs.unsubscribe == {"t/gone"}  # t/b: only once its new session holds it
+
+
+def test_a_route_moving_to_a_session_of_its_own_at_a_restart_loses_nothing(make_bridge, broker, topic_prefix,
+                                                                           tmp_path):
+    """A bridge whose two routes shared one session (here: max_in_flight 1) restarts with a
+    session per route, as after an upgrade: route b moves to ``<client_id>-s2``.  Requests to
+    b published all through the restart are all answered (the old session gives b up only
+    once the new one holds it); from then on each is answered exactly once."""
+    t = topic_prefix
+    routes = [{"topic": f"{t}/{x}", "handler": "served_by", "reply_topic": "replies/{topic}"} for x in "ab"]
+    bridge = make_bridge(routes, limits={"max_in_flight": 1})
+    assert bridge.stop() == 0
+    bridge.config["limits"] = {"max_in_flight": 256}
+    replies = Collector(broker.port, f"replies/{t}/b", f"mv-{tmp_path.name}"[:23])
+    publisher = Publisher(broker.port, f"mp-{tmp_path.name}"[:23])
+    sent = threading.Event()
+
+    def stream() -> None:
+        for i in range(300):
+            publisher.publish(f"{t}/b", f"r-{i:03d}", 1)
+            time.sleep(0.005)
+        sent.set()
+
+    try:
+        threading.Thread(target=stream, daemon=True).start()
+        bridge.start()
+        assert sent.wait(30)
+        for i in range(100):
+            publisher.publish(f"{t}/b", f"after-{i:03d}", 1)
+        wanted = {f"r-{i:03d}" for i in range(300)} | {f"after-{i:03d}" for i in range(100)}
+
+        def bodies() -> Counter[str]:
+            return Counter(json.loads(p)["body"]["body"] for p in replies.snapshot())
+
+        wait_for(lambda: set(bodies()) >= wanted, 30, "every request to b answered")
+        assert bridge.stop() == 0
+    finally:
+        publisher.close()
+        replies.close()
+    answered = bodies()
+    assert set(answered) == wanted
+    # After the restart b is on one session only: the old one unsubscribed it.
+    assert [b for b, n in answered.items() if b.startswith("after-") and n > 1] == []
+    assert "requests-2 connection: connected" in bridge.log()
