@@ -210,6 +210,8 @@ class Bridge:
             on_released=lambda i, mid: dispatcher_ref[0].lanes[i].ledger.released(mid),
             on_connected=lambda: dispatcher_ref[0].replies_connected(),
             on_requests_read=executor.flush,  # the calls of a burst reach the workers at once
+            session_idle=lambda i: dispatcher_ref[0].session_idle(i),
+            on_drained=lambda i: dispatcher_ref[0].session_closed(i),
         )
         store = self.config.replies.store
         replies = ReplyStore(store, max_age=self.config.mqtt.session_expiry)

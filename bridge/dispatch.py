@@ -106,8 +106,7 @@ class Dispatcher:
     def _configure(self) -> None:
         """Derive the per-config state (at start and on every reload)."""
         self._max = self.config.limits.max_in_flight
-        for lane in self.lanes:
-            lane.configure(len(self.lanes), self._max, self.config.limits.max_in_flight_bytes)
+        self._share_bounds()
         self._reply_policy = ReplyPolicy(self.config.replies.allowed_topics, [r.config.topic for r in self.routes])
         self._log_payloads = self.config.logging.log_payloads
         self._access = self.config.logging.access
@@ -348,7 +347,22 @@ class Dispatcher:
         for lane in self.lanes:
             lane.stop()
 
+    def _share_bounds(self) -> None:
+        lanes = [lane for lane in self.lanes if lane.serving]
+        for position, lane in enumerate(lanes):
+            lane.configure(len(lanes), position, self._max, self.config.limits.max_in_flight_bytes)
+
     # -- the broker link's news, per request session ------------------------------------------
+    async def session_idle(self, session: int) -> None:
+        """Return once nothing of request session ``session`` is in flight."""
+        await self.lanes[session].idle.wait()
+
+    def session_closed(self, session: int) -> None:
+        """Request session ``session`` is closed for good: its share goes to the others."""
+        self.lanes[session].serving = False
+        if not self._closing:
+            self._share_bounds()
+
     def published(self, mid: int) -> None:
         """The broker acknowledged reply ``mid`` (on the reply connection, shared by all lanes)."""
         for lane in self.lanes:

@@ -9,7 +9,8 @@ since packet ids and session resumes belong to one session.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from .delivery import Held, Ledger
@@ -68,21 +69,30 @@ class Lane:
     in_flight: int = 0
     in_flight_bytes: int = 0
     paused: bool = False
+    serving: bool = True  # False once its session is closed for good (bridge.link drains)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)  # nothing of it in flight
+
+    def __post_init__(self) -> None:
+        self.idle.set()
 
     @classmethod
     def open(cls, index: int, replies: Replies, session: Session, store: ReplyStore | None,
              on_done: Callable[[Held], None]) -> "Lane":
         return cls(index, session, Ledger(LaneLink(replies, session), store, on_done))
 
-    def configure(self, count: int, max_in_flight: int, max_bytes: int) -> None:
-        """This lane's share of the bounds, one of ``count`` lanes."""
-        self.max = max(share(max_in_flight, count, self.index), 1)
-        self.max_bytes = max(share(max_bytes, count, self.index), 1)
+    def configure(self, count: int, position: int, max_in_flight: int, max_bytes: int) -> None:
+        """This lane's share of the bounds: the ``position``-th of ``count`` open lanes."""
+        self.max = max(share(max_in_flight, count, position), 1)
+        self.max_bytes = max(share(max_bytes, count, position), 1)
+        if self.paused and self.in_flight < self.max and self.in_flight_bytes < self.max_bytes:
+            self.paused = False  # a larger share: room again
+            self.session.resume()
 
     def take(self, size: int) -> None:
         """A request of ``size`` payload bytes arrived on this lane's session."""
         self.in_flight += 1
         self.in_flight_bytes += size
+        self.idle.clear()
         if (self.in_flight >= self.max or self.in_flight_bytes >= self.max_bytes) and not self.paused:
             self.paused = True
             self.session.pause()
@@ -91,6 +101,8 @@ class Lane:
         """A request of this lane no longer counts as in flight."""
         self.in_flight -= 1
         self.in_flight_bytes -= size
+        if not self.in_flight:
+            self.idle.set()
         if self.paused and not closing and self.in_flight < self.max and self.in_flight_bytes < self.max_bytes:
             self.paused = False
             self.session.resume()

@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from pathlib import Path
-from typing import Callable
+from typing import Awaitable, Callable
 
 from .config import MqttConfig
 from .connecting import ProtocolChoice
 from .message import Inbound, Outbound, Subscription
+from .promises import SessionMarker
 from .sessions import RequestSession, respread, session_count, share, spread
 from .transport import Connection
 
@@ -40,6 +42,7 @@ REPLIES_SUFFIX = "-replies"
 # accepted, see bridge.codec) and the fixed headers.
 PACKET_HEADROOM = 4 * 65_538 + 1024
 MAX_PACKET_SIZE = 268_435_455  # the largest MQTT allows
+DRAIN_TIMEOUT = 30.0  # seconds a drained session's marker may take to come back, per attempt
 
 
 def reply_client_id(config: MqttConfig) -> str:
@@ -76,23 +79,31 @@ class BrokerLink:
         on_released: Callable[[int, int], None] | None = None,
         on_connected: Callable[[], None] | None = None,
         on_requests_read: Callable[[], None] | None = None,
+        session_idle: Callable[[int], Awaitable[None]] | None = None,
+        on_drained: Callable[[int], None] | None = None,
     ) -> None:
         self._replies_up = on_connected
+        self._session_idle, self._drained = session_idle, on_drained
+        self._released = False  # each session dropped the filters the others hold
         self.protocol = ProtocolChoice(config.protocol)
         count = session_count(len(subscriptions), max_in_flight)
         packet_size = max_packet_size(max_payload) if max_payload is not None else None
 
+        orphans = self._orphans(config, count, state_dir)
+        total = count + len(orphans)
+
         def session(i: int, subs: list[Subscription]) -> RequestSession:
             return RequestSession(
                 config, i, subs, protocol=self.protocol, deliver=lambda msg: on_message(msg, i),
-                receive_maximum=share(max_in_flight, count, i), max_packet_size=packet_size,
+                receive_maximum=share(max_in_flight, count if i < count else total, i), max_packet_size=packet_size,
                 state_dir=state_dir, password=password,
                 lost=on_session_lost and (lambda: on_session_lost(i)),
                 resumed=on_session_resumed and (lambda last_read: on_session_resumed(i, last_read)),
                 released=on_released and (lambda mid: on_released(i, mid)), read_done=on_requests_read)
 
-        groups = spread(subscriptions, count)
+        groups = spread(subscriptions, count) + [[] for _ in orphans]
         self.sessions = [session(i, subs) for i, subs in enumerate(groups)]
+        self.draining = [s for s in self.sessions if s.index >= count]
         for s, subs in zip(self.sessions, groups):
             # A filter the last run had on another session (another route order, or sessions
             # added since) is unsubscribed there only once its new session holds it (ready()):
@@ -102,6 +113,16 @@ class BrokerLink:
             config, client_id=reply_client_id(config), name="replies", protocol=self.protocol,
             on_published=on_published, on_connect=self._replies_connected, password=password,
         )
+
+    @staticmethod
+    def _orphans(config: MqttConfig, count: int, state_dir: Path | None) -> list[int]:
+        """Indexes of sessions an earlier run had beyond ``count`` (their markers say so)."""
+        if state_dir is None or not state_dir.is_dir():
+            return []
+        pattern = re.compile(re.escape(config.client_id) + r"-s(\d+)")
+        found = {int(m.group(1)) - 1 for cid in SessionMarker.client_ids(state_dir, f"{config.host}:{config.port}")
+                 if (m := pattern.fullmatch(cid))}
+        return list(range(count, max(found) + 1)) if found and max(found) >= count else []
 
     @property
     def connections(self) -> list[Connection]:
@@ -120,15 +141,33 @@ class BrokerLink:
             await self.replies.connected.wait()
             for s in self.sessions:
                 group.create_task(s.connection.run(), name=f"mqtt-{s.connection.name}")
+            for s in self.draining:
+                group.create_task(self._drain(s), name=f"drain-{s.connection.name}")
 
     async def ready(self) -> None:
         """Wait until every connection is up and every subscription is acknowledged; then
         each session drops the filters the others hold, should it still have them."""
         for conn in self.connections:
             await conn.connected.wait()
-        if len(self.sessions) > 1:
+        if not self._released and len(self.sessions) > 1:
+            self._released = True
             for s in self.sessions:
                 s.release_others()
+
+    async def _drain(self, s: RequestSession) -> None:
+        """Serve what an earlier run's extra session still queues, then close it for good."""
+        await self.ready()  # the filters it held are the other sessions' now
+        log.info("%s: no route left on this session; taking what the broker still queues for it", s.client_id)
+        while not await s.drain(DRAIN_TIMEOUT):
+            await asyncio.sleep(1.0)  # not connected, or a long queue: try again
+        if self._session_idle is not None:
+            await self._session_idle(s.index)  # its requests answered and acknowledged
+        await s.close(5.0, drained=True)
+        self.sessions.remove(s)
+        self.draining.remove(s)
+        log.info("%s: drained and closed; its in-flight share goes to the other sessions", s.client_id)
+        if self._drained is not None:
+            self._drained(s.index)
 
     # -- what the dispatcher uses -------------------------------------------------------------
     def publish(self, out: Outbound) -> int | None:
@@ -148,8 +187,9 @@ class BrokerLink:
 
     def set_subscriptions(self, subscriptions: list[Subscription]) -> None:
         """A reload: each filter stays on the session holding it (bridge.sessions.respread)."""
-        current = [s.connection.subscriptions for s in self.sessions]
-        for s, subs in zip(self.sessions, respread(subscriptions, current)):
+        serving = [s for s in self.sessions if s not in self.draining]
+        current = [s.connection.subscriptions for s in serving]
+        for s, subs in zip(serving, respread(subscriptions, current)):
             s.connection.set_subscriptions(subs)
 
     async def leave(self, timeout: float) -> bool:

@@ -74,6 +74,19 @@ class SessionMarker:
         self.client_id, self.broker = client_id, broker
         self._data = self._read()
 
+    @staticmethod
+    def client_ids(directory: Path, broker: str) -> list[str]:
+        """The client ids with a session marker in ``directory`` for ``broker``."""
+        found = []
+        for path in sorted(directory.glob("session-*.json")):
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict) and data.get("broker") == broker and data.get("had_session"):
+                found.append(str(data.get("client_id")))
+        return found
+
     def _read(self) -> dict[str, Any]:
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))

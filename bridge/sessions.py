@@ -17,6 +17,11 @@ reading only its own session.
   subscribed, and a QoS 1 request published then would be lost.
 * ``limits.max_in_flight`` is split between the sessions (:func:`share`); each announces its
   share as Receive Maximum.
+* A session an earlier run had beyond today's count (fewer routes now) may still queue
+  requests, published while the bridge was away, for a filter another session serves now:
+  it is connected once more, subscribed to nothing, until the broker has delivered them all
+  (a marker round trip, as when leaving a share group), then closed for good
+  (:meth:`BrokerLink.drain <bridge.link.BrokerLink>`).
 
 Leaving share groups (:meth:`RequestSession.leave`, on SIGTERM): the broker hands a shared
 subscription's messages to the members' sessions, also to one that is away, so a bridge that
@@ -210,17 +215,32 @@ class RequestSession:
         """Leave this session's share groups: see the module docstring.  True once the broker
         handed over all it had given this session; False when there was nothing to leave or
         the marker did not come back within ``timeout`` seconds."""
-        conn = self.connection
-        subs = conn.subscriptions
+        subs = self.connection.subscriptions
         keep = [s for s in subs if not is_shared(s.topic)]
         if len(keep) == len(subs):
             return False
-        if not conn.is_connected:
-            log.warning("%s: not connected: still a member of the share group(s) until the next start", self.client_id)
-            return False
         log.info("%s: leaving the share group(s): unsubscribing %d shared filter(s)", self.client_id,
                  len(subs) - len(keep))
+        if not await self._queue_through(keep, timeout):
+            log.warning("%s: left the share group(s), but the broker did not confirm within %g s; requests "
+                        "it had queued for this session wait for the next start", self.client_id, timeout)
+            return False
+        return True
+
+    async def drain(self, timeout: float) -> bool:
+        """Take every request this session still queues (it serves no route any more): True
+        once the broker delivered them all (the rest of the work is the dispatcher's)."""
+        return await self._queue_through([], timeout)
+
+    async def _queue_through(self, keep: list[Subscription], timeout: float) -> bool:
+        """Subscribe to ``keep`` only, and wait until a marker published behind everything the
+        broker queued for this session comes back (False: not connected, or not in time)."""
+        conn = self.connection
+        if not conn.is_connected:
+            log.warning("%s: not connected: what the broker queued for it waits for the next start", self.client_id)
+            return False
         self._marker = os.urandom(16).hex().encode()
+        self._left.clear()
         # One connection, so the broker handles these in order: unsubscribe, subscribe to the
         # marker's topic, then the marker goes to the end of this session's queue.
         conn.set_subscriptions([*keep, Subscription(self.leave_topic, 1)])
@@ -228,15 +248,18 @@ class RequestSession:
         try:
             async with asyncio.timeout(timeout):
                 await self._left.wait()
+            return True
         except TimeoutError:
-            log.warning("%s: left the share group(s), but the broker did not confirm within %g s; requests "
-                        "it had queued for this session wait for the next start", self.client_id, timeout)
             return False
         finally:
             conn.set_subscriptions(keep)  # the marker's topic is unsubscribed again
-        return True
 
-    async def close(self, timeout: float) -> None:
+    async def close(self, timeout: float, *, drained: bool = False) -> None:
+        """Disconnect; ``drained``: this session serves no route and has nothing queued, so
+        the next start need not connect it (its marker goes)."""
         await self.connection.close(timeout)
         if self.session_marker is not None and self.connection.connections:
-            self.session_marker.stopped()
+            if drained:
+                self.session_marker.forget()
+            else:
+                self.session_marker.stopped()

@@ -31,7 +31,7 @@ def _lanes(count: int, max_in_flight: int, max_bytes: int = 1 << 30) -> list[tup
     for i in range(count):
         session = Session()
         lane = Lane.open(i, Recorder(), session, None, lambda held: None)
-        lane.configure(count, max_in_flight, max_bytes)
+        lane.configure(count, i, max_in_flight, max_bytes)
         out.append((lane, session))
     return out
 

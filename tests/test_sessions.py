@@ -110,3 +110,38 @@ def test_a_route_moving_to_a_session_of_its_own_at_a_restart_loses_nothing(make_
     # After the restart b is on one session only: the old one unsubscribed it.
     assert [b for b, n in answered.items() if b.startswith("after-") and n > 1] == []
     assert "requests-2 connection: connected" in bridge.log()
+
+
+def test_requests_queued_in_a_session_no_longer_needed_are_answered(make_bridge, broker, topic_prefix, tmp_path):
+    """Three routes (three sessions; c on ``<client_id>-s3``), stopped; requests to c wait in
+    that session; restarted with routes a and c only: two sessions, c now on ``-s2``.  The
+    third session still holds what was queued for c: it is connected once more, drained,
+    and closed for good; every request is answered once, and the next start leaves it be."""
+    t = topic_prefix
+    route = {x: {"topic": f"{t}/{x}", "handler": "served_by", "reply_topic": "replies/{topic}"} for x in "abc"}
+    bridge = make_bridge([route["a"], route["b"], route["c"]])
+    assert bridge.stop() == 0
+    replies = Collector(broker.port, f"replies/{t}/c", f"dr-{tmp_path.name}"[:23])
+    publisher = Publisher(broker.port, f"dp-{tmp_path.name}"[:23])
+    try:
+        for i in range(50):
+            publisher.publish(f"{t}/c", f"q-{i:02d}", 1)
+        wait_for(lambda: publisher.unacknowledged() == 0, 10, "the broker took every request")
+        bridge.config["routes"] = [route["a"], route["c"]]
+        bridge.start()
+        publisher.publish(f"{t}/c", "after", 1)
+
+        def bodies() -> Counter[str]:
+            return Counter(json.loads(p)["body"]["body"] for p in replies.snapshot())
+
+        wait_for(lambda: len(bodies()) >= 51, 20, "every request to c answered")
+        bridge.wait_for_log("drained and closed", 30)
+        assert bridge.stop() == 0
+        bridge.start()
+        assert bridge.stop() == 0
+    finally:
+        publisher.close()
+        replies.close()
+    assert bodies() == Counter([f"q-{i:02d}" for i in range(50)] + ["after"])
+    log = bridge.log()
+    assert log.count("drained and closed") == 1  # the second start had nothing to drain
