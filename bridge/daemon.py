@@ -200,7 +200,7 @@ class Bridge:
             self.config.mqtt,
             _subscriptions(self.config, self.routes),
             on_message=lambda m, i: dispatcher_ref[0].handle(m, i),
-            on_published=lambda mid: dispatcher_ref[0].published(mid),
+            on_published=lambda mid: dispatcher_ref[0].lanes.published(mid),
             max_in_flight=self.config.limits.max_in_flight,
             max_payload=self.config.limits.max_payload,
             state_dir=self.config.replies.store.parent,
@@ -208,7 +208,7 @@ class Bridge:
             on_session_lost=lambda i: dispatcher_ref[0].lanes[i].ledger.session_lost(),
             on_session_resumed=lambda i, last_read: dispatcher_ref[0].lanes[i].ledger.session_resumed(last_read),
             on_released=lambda i, mid: dispatcher_ref[0].lanes[i].ledger.released(mid),
-            on_connected=lambda: dispatcher_ref[0].replies_connected(),
+            on_connected=lambda: dispatcher_ref[0].lanes.replies_connected(),
             on_requests_read=executor.flush,  # the calls of a burst reach the workers at once
             session_idle=lambda i: dispatcher_ref[0].session_idle(i),
             on_drained=lambda i: dispatcher_ref[0].session_closed(i),

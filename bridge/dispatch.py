@@ -29,7 +29,7 @@ from .crashguard import CrashGuard
 from .delivery import Held
 from .functions import FunctionInfo, Unavailable
 from .iotstudio.automation import ThingSink, write_thing
-from .lanes import Lane, Replies, Session
+from .lanes import Lane, Lanes, Replies, Session
 from .message import Inbound, Outbound
 from .replystore import ReplyStore
 from .routing import ReplyPolicy, matches
@@ -99,14 +99,14 @@ class Dispatcher:
 
     def __post_init__(self) -> None:
         self._idle.set()
-        self.lanes = [Lane.open(i, self.publisher, s, self.replies, self._released_slot)
-                      for i, s in enumerate(self.publisher.sessions)]
+        self.lanes = Lanes(Lane.open(i, self.publisher, s, self.replies, self._released_slot)
+                           for i, s in enumerate(self.publisher.sessions))
         self._configure()
 
     def _configure(self) -> None:
         """Derive the per-config state (at start and on every reload)."""
         self._max = self.config.limits.max_in_flight
-        self._share_bounds()
+        self.lanes.share(self._max, self.config.limits.max_in_flight_bytes)
         self._reply_policy = ReplyPolicy(self.config.replies.allowed_topics, [r.config.topic for r in self.routes])
         self._log_payloads = self.config.logging.log_payloads
         self._access = self.config.logging.access
@@ -344,13 +344,7 @@ class Dispatcher:
     def stop_intake(self) -> None:
         """Take no new messages, for good (shutdown); in-flight ones still finish."""
         self._closing = True
-        for lane in self.lanes:
-            lane.stop()
-
-    def _share_bounds(self) -> None:
-        lanes = [lane for lane in self.lanes if lane.serving]
-        for position, lane in enumerate(lanes):
-            lane.configure(len(lanes), position, self._max, self.config.limits.max_in_flight_bytes)
+        self.lanes.stop()
 
     # -- the broker link's news, per request session ------------------------------------------
     async def session_idle(self, session: int) -> None:
@@ -361,23 +355,7 @@ class Dispatcher:
         """Request session ``session`` is closed for good: its share goes to the others."""
         self.lanes[session].serving = False
         if not self._closing:
-            self._share_bounds()
-
-    def published(self, mid: int) -> None:
-        """The broker acknowledged reply ``mid`` (on the reply connection, shared by all lanes)."""
-        for lane in self.lanes:
-            if lane.ledger.published(mid):
-                return
-
-    def replies_connected(self) -> None:
-        """The reply connection is (back) up: parked replies go out."""
-        for lane in self.lanes:
-            lane.ledger.connected()
-
-    @property
-    def parked(self) -> int:
-        """Replies waiting for the reply connection."""
-        return sum(lane.ledger.parked for lane in self.lanes)
+            self.lanes.share(self._max, self.config.limits.max_in_flight_bytes)
 
     async def drain(self, grace: float) -> bool:
         """Wait up to ``grace`` seconds for every request to be answered and acknowledged.

@@ -111,3 +111,33 @@ class Lane:
         """Read no more, for good (shutdown)."""
         self.paused = True
         self.session.pause()
+
+
+class Lanes(list[Lane]):
+    """Every request session's lane, in session order (``lanes[i]`` is session i's)."""
+
+    def share(self, max_in_flight: int, max_bytes: int) -> None:
+        """Split the bounds between the lanes whose session still serves."""
+        serving = [lane for lane in self if lane.serving]
+        for position, lane in enumerate(serving):
+            lane.configure(len(serving), position, max_in_flight, max_bytes)
+
+    def stop(self) -> None:
+        for lane in self:
+            lane.stop()
+
+    def published(self, mid: int) -> None:
+        """The broker acknowledged reply ``mid`` (on the reply connection, shared by all lanes)."""
+        for lane in self:
+            if lane.ledger.published(mid):
+                return
+
+    def replies_connected(self) -> None:
+        """The reply connection is (back) up: parked replies go out."""
+        for lane in self:
+            lane.ledger.connected()
+
+    @property
+    def parked(self) -> int:
+        """Replies waiting for the reply connection."""
+        return sum(lane.ledger.parked for lane in self)

@@ -38,7 +38,7 @@ class BridgeCollector(Collector):
             yield _gauge("iot_bridge_in_flight", "Requests being worked on (MQTT and HTTP), not yet answered.",
                          dispatcher.in_flight)
             yield _gauge("iot_bridge_parked_replies", "Replies waiting for the reply connection to come back.",
-                         dispatcher.parked)
+                         dispatcher.lanes.parked)
         yield _gauge("iot_bridge_max_in_flight", "limits.max_in_flight: the bound of iot_bridge_in_flight.",
                      view.config.limits.max_in_flight)
         if link is not None:

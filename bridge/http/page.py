@@ -118,7 +118,7 @@ def _broker(view: "BridgeView") -> str:
 def _work(view: "BridgeView") -> str:
     dispatcher = view.dispatcher
     in_flight = dispatcher.in_flight if dispatcher is not None else 0
-    parked = dispatcher.parked if dispatcher is not None else 0
+    parked = dispatcher.lanes.parked if dispatcher is not None else 0
     items = [f"In flight: <b>{in_flight}</b> of {view.config.limits.max_in_flight}",
              f"Parked replies: <b>{parked}</b>"]
     if view.things is not None:
