@@ -159,7 +159,12 @@ class BrokerLink:
         await self.ready()  # the filters it held are the other sessions' now
         log.info("%s: no route left on this session; taking what the broker still queues for it", s.client_id)
         while not await s.drain(DRAIN_TIMEOUT):
-            await asyncio.sleep(1.0)  # not connected, or a long queue: try again
+            # Not connected, a long queue, or the broker refuses the marker (ACLs must allow
+            # the client id its topic, as for leaving a share group): say so, try again.
+            log.warning("%s: the broker did not hand over all it queues for this session within %g s "
+                        "(publishing to %r must be allowed); trying again", s.client_id, DRAIN_TIMEOUT,
+                        s.leave_topic)
+            await asyncio.sleep(1.0)
         if self._session_idle is not None:
             await self._session_idle(s.index)  # its requests answered and acknowledged
         await s.close(5.0, drained=True)
