@@ -3,7 +3,7 @@ session is paused at its own share, so one route's flood stops only its own sess
 
 from __future__ import annotations
 
-from bridge.lanes import Lane
+from bridge.lanes import Lane, Lanes
 from tests.support.recorder import Recorder
 
 
@@ -66,3 +66,16 @@ def test_payload_bytes_pause_a_lane_before_its_count_does():
     assert not session.reading
     lane.release(60, closing=False)
     assert session.reading
+
+
+def test_the_share_of_a_closed_session_goes_to_the_others_and_frees_a_paused_one():
+    lanes = Lanes(lane for lane, _ in _lanes(3, 9))
+    lanes.share(9, 1 << 30)
+    assert [lane.max for lane in lanes] == [3, 3, 3]
+    first = lanes[0]
+    for _ in range(3):
+        first.take(1)
+    assert first.paused
+    lanes[2].serving = False  # drained and closed (bridge.link)
+    lanes.share(9, 1 << 30)
+    assert [lane.max for lane in lanes[:2]] == [5, 4] and not first.paused and first.session.reading  # type: ignore[attr-defined]
