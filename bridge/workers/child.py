@@ -119,7 +119,8 @@ def serve(sock: socket.socket) -> int:
         elif item[0] == "stop":
             stopping.set()
 
-    threading.Thread(target=_watch_loop, args=(channel, runner), name="watch-loop", daemon=True).start()
+    if any(f.is_async for f in functions.values()):  # only they run on the loop it watches
+        threading.Thread(target=_watch_loop, args=(channel, runner), name="watch-loop", daemon=True).start()
     Crew(channel, handle, sum(widths.values())).start()
     stopping.wait()
     # Answer every call read before the "stop" (also one another thread has taken but not
