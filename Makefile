@@ -10,7 +10,7 @@ CONFIG ?= config/bridge.toml
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(PATH):/usr/sbin
 
-.PHONY: run test compat bench soak loadgen-deps check clean deps browser
+.PHONY: run test compat bench bench-nodered soak loadgen-deps check clean deps browser
 
 run: $(VENV)/.installed
 	$(PY) -m bridge.dev.run $(CONFIG)
@@ -25,6 +25,12 @@ compat: $(VENV)/.installed
 	$(VENV)/bin/pytest -q -s -m compat tests/test_brokers.py
 
 bench: $(VENV)/.installed loadgen-deps
+	$(PY) bench/run.py
+
+# Node-RED 4 as an optional peer in `make bench` (under .venv, outside git).
+bench-nodered: $(VENV)/.installed loadgen-deps
+	@$(MAKE) --no-print-directory deps
+	npm install --no-audit --no-fund --silent --prefix $(abspath $(VENV))/node-red node-red@4
 	$(PY) bench/run.py
 
 # 1,000,000 QoS 1 requests: the bridge's memory stays flat (a few minutes; not in `make test`).

@@ -51,7 +51,9 @@ RESULTS = ROOT / "bench" / "results" / "latest.json"
 QOS_LEVELS = (0, 1)
 INFLIGHTS = (1, 64)
 PAYLOADS = (16, 4096)
-SERVERS = ("raw", "bridge", "bridge-thread", "shared")
+SERVERS = ("raw", "bridge", "bridge-thread", "shared", "nodered")
+# Node-RED is an optional peer: measured by default once `make bench-nodered` installed it.
+DEFAULT_SERVERS = [s for s in SERVERS if s != "nodered" or srv_kinds.NODE_RED.exists()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="runs per cell and server (median)")
     ap.add_argument("--warmup", type=float, help="seconds (default 1, --quick 0.3)")
     ap.add_argument("--duration", type=float, help="seconds measured (default 4, --quick 1)")
-    ap.add_argument("--servers", default=",".join(SERVERS), help=f"comma list of {', '.join(SERVERS)}")
+    ap.add_argument("--servers", default=",".join(DEFAULT_SERVERS),
+                    help=f"comma list of {', '.join(SERVERS)} (nodered: after `make bench-nodered`)")
     ap.add_argument("--no-burst", action="store_true", help="skip the CPU-bound function with 1 and 2 workers")
     ap.add_argument("--check-loadgen", action="store_true",
                     help="also measure the load generator against its C echo (64 in flight)")
@@ -131,6 +134,8 @@ def _servers(names: list[str], workdir: Path, port: int, qos: int, exe: str | No
     for name in names:
         if name == "raw":
             out[name] = srv_kinds.raw(workdir, port, qos)
+        elif name == "nodered":
+            out[name] = srv_kinds.nodered(workdir, port, qos)
         elif exe and name == "shared":
             out[name] = srv_kinds.shared(workdir, port, qos, exe)
         elif exe:

@@ -86,6 +86,24 @@ def raw(workdir: Path, port: int, qos: int) -> Server:
                   workdir / f"raw-qos{qos}.log", 15)
 
 
+NODE_RED = ROOT / ".venv" / "node-red" / "node_modules" / ".bin" / "node-red"  # make bench-nodered
+
+
+def nodered(workdir: Path, port: int, qos: int) -> Server:
+    """Node-RED 4: mqtt in -> a function node setting the topic to the response topic -> mqtt
+    out (which echoes the correlation data), MQTT v5, at the cell's QoS."""
+    topic = "bench/nodered/echo"
+    user = workdir / f"nodered-qos{qos}"
+    user.mkdir(parents=True, exist_ok=True)
+    flows = (BENCH / "nodered" / "flows.json").read_text()
+    for key, value in {"HOST": HOST, "PORT": str(port), "PID": str(os.getpid()), "TOPIC": topic, "QOS": str(qos)}.items():
+        flows = flows.replace(f"@{key}@", value)
+    (user / "flows.json").write_text(flows)
+    (user / "settings.js").write_text((BENCH / "nodered" / "settings.js").read_text())
+    return Server("nodered", topic, [str(NODE_RED), "-u", str(user), "-s", str(user / "settings.js")],
+                  workdir / f"nodered-qos{qos}.log", 30)
+
+
 def bridge(workdir: Path, port: int, qos: int, exe: str, *, name: str = "bridge", mode: str = "process",
            handler: str = "echo", handlers_dir: Path = ROOT / "handlers", processes: int | None = None,
            concurrency: int = 8, share_group: str | None = None) -> Server:
