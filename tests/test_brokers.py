@@ -17,7 +17,7 @@ import pytest
 
 from tests.support.broker import Broker
 from tests.support.brokers import Aedes, Amqtt, RabbitMq
-from tests.support.load import Collector, Publisher
+from tests.support.load import Collector, Publisher, clashing_bridges
 from tests.support.proxy import Proxy
 from tests.support.waiting import wait_for
 
@@ -269,18 +269,9 @@ def test_a_client_id_clash_under_mqtt_311_is_reported_and_backs_off(make_bridge,
     older connection.  Repeated closes right after CONNACK are reported as a clash, and each
     short connection slows the next reconnect (issue 8 row 14, under 3.1.1)."""
     with Aedes(tmp_path / "aedes") as broker:
-        shared = "clash311-" + topic_prefix[-16:]
-        mqtt = {"client_id": shared, "reconnect_min_delay": 0.1, "reconnect_max_delay": 1.0}
+        shared, window = "clash311-" + topic_prefix[-16:], 8.0
         route = [{"topic": f"{topic_prefix}/x", "handler": "inspect_event"}]
-        first = make_bridge(route, on=broker, name="first", mqtt=mqtt)
-        second = make_bridge(route, on=broker, name="second", mqtt=mqtt, start=False)
-        second.start(wait_ready=False)
-        wait_for(lambda: f"client id {shared!r} seems to be in use" in first.log() + second.log(), 20,
-                 "the clash reported")
-        window = 8.0  # then count the connects over a fixed span: a rate, not a condition
-        before = first.log().count("connected to") + second.log().count("connected to")
-        time.sleep(window)
-        connects = first.log().count("connected to") + second.log().count("connected to") - before
+        first, second, connects = clashing_bridges(make_bridge, broker, shared, route, timeout=20, window=window)
     figures("client_id_clash_311", window_s=window, connects_in_window=connects)
     assert connects <= 4 * (window / 0.8 + 1), connects
     line = next(l for l in (first.log() + second.log()).splitlines() if "seems to be in use" in l)

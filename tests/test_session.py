@@ -14,6 +14,7 @@ import pytest
 
 from tests.support.broker import free_port
 from tests.support.certs import make_pki
+from tests.support.load import clashing_bridges
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -31,17 +32,8 @@ def test_a_second_bridge_with_the_same_client_id_is_reported_and_backs_off(make_
     """Issue 8 row 14: two bridges with one client_id took the session from each other
     thousands of times, neither saying why.  Now each takeover slows the next reconnect
     (up to mqtt.reconnect_max_delay) and the clash is an ERROR naming the client id."""
-    shared = "clash-" + topic_prefix[-20:]
-    mqtt = {"client_id": shared, "reconnect_min_delay": 0.1, "reconnect_max_delay": 1.0}
-    first = make_bridge(_route(topic_prefix), on=own_broker, name="first", mqtt=mqtt)
-    second = make_bridge(_route(topic_prefix), on=own_broker, name="second", mqtt=mqtt, start=False)
-    second.start(wait_ready=False)
-    wait_for(lambda: f"client id {shared!r} seems to be in use" in first.log() + second.log(), 15,
-             "the clash reported")
-    window = 8.0  # then count the connects over a fixed span: a rate, not a condition
-    before = first.log().count("connected to") + second.log().count("connected to")
-    time.sleep(window)
-    connects = first.log().count("connected to") + second.log().count("connected to") - before
+    shared, window = "clash-" + topic_prefix[-20:], 8.0
+    first, second, connects = clashing_bridges(make_bridge, own_broker, shared, _route(topic_prefix), window=window)
     takeovers = own_broker.log_path.read_text().count("already connected, closing old connection")
     figures("client_id_clash", window_s=window, connects_in_window=connects, broker_takeovers_total=takeovers)
     # 4 connections (2 bridges x requests/replies), each at most one attempt per ~1 s once backed off.

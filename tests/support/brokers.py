@@ -56,16 +56,23 @@ class ProcessBroker:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    start_timeout = 30.0  # seconds until its port must answer
+    own_session = False  # its own process group (a broker that starts helper processes)
+
     def command(self) -> list[str]:
         raise NotImplementedError
+
+    def environment(self) -> dict[str, str] | None:
+        return None  # this process's
 
     def start(self) -> "ProcessBroker":
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
+                                     env=self.environment(), start_new_session=self.own_session)
         log.close()
         try:
-            wait_port(self.port, timeout=30)
+            wait_port(self.port, timeout=self.start_timeout)
         except TimeoutError:
             self.stop()
             raise RuntimeError(f"{self.kind} did not start:\n{self.log()}") from None
@@ -118,8 +125,10 @@ class RabbitMq(ProcessBroker):
 
     kind = "rabbitmq"
     username: str | None = RABBITMQ_USER
+    start_timeout = 120.0
+    own_session = True  # the Erlang VM and its helpers, stopped as a group
 
-    def _env(self) -> dict[str, str]:
+    def environment(self) -> dict[str, str]:
         node_port, dist_port = free_port(), free_port()
         base = self.workdir / "node"
         base.mkdir(parents=True, exist_ok=True)
@@ -144,19 +153,8 @@ class RabbitMq(ProcessBroker):
             "HOME": str(base),
         }
 
-    def start(self) -> "RabbitMq":
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        env = self._env()
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(["/usr/lib/rabbitmq/bin/rabbitmq-server"], stdout=log,
-                                     stderr=subprocess.STDOUT, env=env, cwd=self.workdir, start_new_session=True)
-        log.close()
-        try:
-            wait_port(self.port, timeout=120)
-        except TimeoutError:
-            self.stop()
-            raise RuntimeError(f"rabbitmq did not start:\n{self.log()}") from None
-        return self
+    def command(self) -> list[str]:
+        return ["/usr/lib/rabbitmq/bin/rabbitmq-server"]
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:

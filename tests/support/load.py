@@ -16,11 +16,13 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from tests.support.waiting import wait_for
 
 
 
@@ -202,6 +204,22 @@ def at_once(port: int, topic: str, clients: int, name: str, *, each: int = 1, jo
         for r in rqs:
             r.close()
     return replies
+
+
+def clashing_bridges(make_bridge: Any, broker: Any, client_id: str, routes: list[dict[str, Any]],
+                     timeout: float = 15, window: float = 8.0) -> tuple[Any, Any, int]:
+    """Two bridges on ``broker`` with one ``client_id``: wait until the clash is reported, then
+    count their connects over ``window`` seconds (a rate over a fixed span, not a condition).
+    Returns both bridges and that count."""
+    mqtt = {"client_id": client_id, "reconnect_min_delay": 0.1, "reconnect_max_delay": 1.0}
+    first = make_bridge(routes, on=broker, name="first", mqtt=mqtt)
+    second = make_bridge(routes, on=broker, name="second", mqtt=mqtt, start=False)
+    second.start(wait_ready=False)
+    wait_for(lambda: f"client id {client_id!r} seems to be in use" in first.log() + second.log(), timeout,
+             "the clash reported")
+    before = first.log().count("connected to") + second.log().count("connected to")
+    time.sleep(window)
+    return first, second, first.log().count("connected to") + second.log().count("connected to") - before
 
 
 def p50(values: list[float]) -> float:
