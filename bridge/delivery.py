@@ -64,7 +64,8 @@ def copy_key(msg: Inbound) -> CopyKey:
 
 
 class Link(Protocol):
-    """What the ledger needs from the broker link (bridge.link.BrokerLink)."""
+    """What the ledger needs from the broker: the reply side and its request session
+    (bridge.lanes.LaneLink)."""
 
     def publish(self, out: Outbound) -> int | None: ...  # mid to await, or None when handed over
     def ack(self, mid: int, qos: int) -> None: ...

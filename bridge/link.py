@@ -31,7 +31,7 @@ from .config import MqttConfig
 from .connecting import ProtocolChoice
 from .message import Inbound, Outbound, Subscription
 from .promises import SessionMarker
-from .sessions import RequestSession, respread, session_count, share, spread
+from .sessions import RequestSession, session_count, share, spread
 from .transport import Connection
 
 log = logging.getLogger("bridge.transport")
@@ -101,7 +101,7 @@ class BrokerLink:
                 resumed=on_session_resumed and (lambda last_read: on_session_resumed(i, last_read)),
                 released=on_released and (lambda mid: on_released(i, mid)), read_done=on_requests_read)
 
-        groups = spread(subscriptions, count) + [[] for _ in orphans]
+        groups = spread(subscriptions, [[] for _ in range(count)]) + [[] for _ in orphans]
         self.sessions = [session(i, subs) for i, subs in enumerate(groups)]
         self.draining = [s for s in self.sessions if s.index >= count]
         for s, subs in zip(self.sessions, groups):
@@ -191,10 +191,10 @@ class BrokerLink:
         return [sub for s in self.sessions for sub in s.connection.subscriptions]
 
     def set_subscriptions(self, subscriptions: list[Subscription]) -> None:
-        """A reload: each filter stays on the session holding it (bridge.sessions.respread)."""
+        """A reload: each filter stays on the session holding it (bridge.sessions.spread)."""
         serving = [s for s in self.sessions if s not in self.draining]
         current = [s.connection.subscriptions for s in serving]
-        for s, subs in zip(serving, respread(subscriptions, current)):
+        for s, subs in zip(serving, spread(subscriptions, current)):
             s.connection.set_subscriptions(subs)
 
     async def leave(self, timeout: float) -> bool:

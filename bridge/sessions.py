@@ -12,7 +12,7 @@ reading only its own session.
 * Routes are spread over the sessions in order (route i on session i mod n).  There are as
   many sessions as routes, but never more than ``limits.max_in_flight`` (each needs a share
   of at least one); the count is fixed at start.  A reload keeps each route's filter on the
-  session that holds it and puts new ones on the sessions with fewest (:func:`respread`):
+  session that holds it and puts new ones on the sessions with fewest (:func:`spread`):
   a filter moved from one session to another would leave a moment in which no session is
   subscribed, and a QoS 1 request published then would be lost.
 * ``limits.max_in_flight`` is split between the sessions (:func:`share`); each announces its
@@ -67,17 +67,10 @@ def share(total: int, count: int, index: int) -> int:
     return total // count + (1 if index < total % count else 0)
 
 
-def spread(subscriptions: list[Subscription], count: int) -> list[list[Subscription]]:
-    """The subscriptions of each of ``count`` sessions: route i on session i mod count."""
-    groups: list[list[Subscription]] = [[] for _ in range(count)]
-    for i, sub in enumerate(subscriptions):
-        groups[i % count].append(sub)
-    return groups
-
-
-def respread(subscriptions: list[Subscription], current: list[list[Subscription]]) -> list[list[Subscription]]:
-    """A reload's subscriptions over the sessions holding ``current``: a filter stays on the
-    session that has it, a new one goes to the session with fewest."""
+def spread(subscriptions: list[Subscription], current: list[list[Subscription]]) -> list[list[Subscription]]:
+    """The subscriptions over the sessions holding ``current``: a filter stays on the session
+    that has it, a new one goes to the (first) session with fewest.  At start every session
+    holds nothing, so route i lands on session i mod n."""
     where = {sub.topic: i for i, subs in enumerate(current) for sub in subs}
     groups: list[list[Subscription]] = [[] for _ in current]
     new = []

@@ -13,7 +13,7 @@ from bridge.config import MqttConfig
 from bridge.link import BrokerLink
 from bridge.message import Subscription
 from bridge.promises import SessionSubscriptions
-from bridge.sessions import respread, session_client_id, session_count, share, spread
+from bridge.sessions import session_client_id, session_count, share, spread
 from tests.support.load import Collector, Publisher
 from tests.support.waiting import wait_for
 
@@ -39,7 +39,7 @@ def test_each_route_gets_a_session_with_its_own_client_id_and_share_of_the_bound
 
 def test_never_more_sessions_than_max_in_flight_allows():
     assert session_count(5, 2) == 2
-    assert spread(_subs(5), 2) == [[_subs(5)[0], _subs(5)[2], _subs(5)[4]], [_subs(5)[1], _subs(5)[3]]]
+    assert spread(_subs(5), [[], []]) == [[_subs(5)[0], _subs(5)[2], _subs(5)[4]], [_subs(5)[1], _subs(5)[3]]]
     assert session_count(0, 256) == 1  # HTTP only: one session, subscribed to nothing
 
 
@@ -58,8 +58,8 @@ def test_a_reload_keeps_each_filter_on_the_session_holding_it():
     a, b, c, d = (Subscription(f"t/{x}", 1) for x in "abcd")
     # A new first route: spread() would move every filter; each stays, the new one goes to
     # the session with fewest.
-    assert respread([d, a, b, c], [[a, c], [b]]) == [[a, c], [b, d]]
-    assert respread([c], [[a, c], [b]]) == [[c], []]  # removed ones are unsubscribed
+    assert spread([d, a, b, c], [[a, c], [b]]) == [[a, c], [b, d]]
+    assert spread([c], [[a, c], [b]]) == [[c], []]  # removed ones are unsubscribed
 
 
 def test_a_left_over_filter_another_session_takes_is_kept_until_that_one_holds_it():
