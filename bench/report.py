@@ -95,6 +95,26 @@ def burst_table(burst: dict) -> None:
     _print(["server", "calls/s", "ms per call", "cores used"], rows)
 
 
+def floor(results: dict) -> None:
+    """With one request in flight: what a process round trip alone costs (raw-process against
+    raw), and what the bridge's default mode adds on top of it."""
+    lines = []
+    for key, cell in results["cells"].items():
+        raw, hop, br = (((cell.get(n) or {}).get("median") or {}) for n in ("raw", "raw-process", "bridge"))
+        if cell["inflight"] != 1 or not raw or not hop:
+            continue
+        line = (f"  {key:<24} raw-process: CPU {fmt(ratio(hop['cpu_us'], raw['cpu_us']), '.2f')}x raw, "
+                f"p50 {fmt(ratio(hop['p50_ms'], raw['p50_ms']), '.2f')}x")
+        if br:
+            line += (f"; bridge: CPU {fmt(ratio(br['cpu_us'], hop['cpu_us']), '.2f')}x raw-process, "
+                     f"p50 {fmt(ratio(br['p50_ms'], hop['p50_ms']), '.2f')}x")
+        lines.append(line)
+    if lines:
+        print("\nThe floor of running functions in another process (raw-process: raw, each payload through a "
+              "child process and back), 1 in flight:")
+        print("\n".join(lines))
+
+
 def verdicts(checks: list[dict]) -> None:
     print()
     for c in checks:

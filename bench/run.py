@@ -1,7 +1,8 @@
 """Closed-loop request/reply benchmark: the bridge against a minimal paho echo, same broker.
 
     python bench/run.py [--quick] [--repeat N] [--warmup S] [--duration S]
-                        [--servers raw,bridge,bridge-thread,shared] [--no-burst] [--check-loadgen]
+                        [--servers raw,raw-process,bridge,bridge-thread,shared] [--no-burst]
+                        [--check-loadgen]
                         [--bridge-exe PATH] [--keep]
 
 For each QoS a private mosquitto is started (tests/support/broker.py, the repository's
@@ -9,6 +10,8 @@ mosquitto.conf, a free loopback port), then the echo servers:
 
 * ``raw``: bench/raw_echo.py, paho-mqtt echoing to the MQTT v5 Response Topic, no
   ``Properties`` object per reply: the least a paho client can do;
+* ``raw-process``: the same echo, each payload making a round trip through a child process
+  first: the least any server pays for running functions in another process;
 * ``bridge``: ``iot-bridge run`` in its default configuration (worker processes) with the
   repository's handlers/ (function ``echo``) on the route ``bench/bridge``;
 * ``bridge-thread``: the same with ``[workers] mode = "thread"``;
@@ -51,7 +54,7 @@ RESULTS = ROOT / "bench" / "results" / "latest.json"
 QOS_LEVELS = (0, 1)
 INFLIGHTS = (1, 64)
 PAYLOADS = (16, 4096)
-SERVERS = ("raw", "bridge", "bridge-thread", "shared", "nodered")
+SERVERS = ("raw", "raw-process", "bridge", "bridge-thread", "shared", "nodered")
 # Node-RED is an optional peer: measured by default once `make bench-nodered` installed it.
 DEFAULT_SERVERS = [s for s in SERVERS if s != "nodered" or srv_kinds.NODE_RED.exists()]
 
@@ -120,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
     report.table(results, names)
     report.burst_table(results["burst"])
+    report.floor(results)
     for name, error in results["errors"].items():
         print(f"\n{name.upper()} NOT MEASURED: {error}")
     report.verdicts(checks)
@@ -132,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
 def _servers(names: list[str], workdir: Path, port: int, qos: int, exe: str | None) -> dict:
     out = {}
     for name in names:
-        if name == "raw":
-            out[name] = srv_kinds.raw(workdir, port, qos)
+        if name in ("raw", "raw-process"):
+            out[name] = srv_kinds.raw(workdir, port, qos, through_process=name == "raw-process")
         elif name == "nodered":
             out[name] = srv_kinds.nodered(workdir, port, qos)
         elif exe and name == "shared":

@@ -80,10 +80,13 @@ class Group(Server):
         self.proc = None
 
 
-def raw(workdir: Path, port: int, qos: int) -> Server:
-    topic = "bench/raw/echo"
-    return Server("raw", topic, [venv_bin("python"), str(BENCH / "raw_echo.py"), HOST, str(port), topic],
-                  workdir / f"raw-qos{qos}.log", 15)
+def raw(workdir: Path, port: int, qos: int, *, through_process: bool = False) -> Server:
+    """The raw echo; ``through_process``: each payload through a child process and back."""
+    name = "raw-process" if through_process else "raw"
+    topic = f"bench/{name}/echo"
+    extra = ["--through-process"] if through_process else []
+    return Server(name, topic, [venv_bin("python"), str(BENCH / "raw_echo.py"), HOST, str(port), topic, *extra],
+                  workdir / f"{name}-qos{qos}.log", 15)
 
 
 NODE_RED = ROOT / ".venv" / "node-red" / "node_modules" / ".bin" / "node-red"  # make bench-nodered
