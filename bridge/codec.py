@@ -78,9 +78,29 @@ def reply_document(resp: Response) -> dict[str, Any]:
 _COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
+# The "headers" member of a JSON reply, by headers and content type: a function mostly answers
+# with the same few, and encoding them was the largest part of a reply.  Small ones only, and a
+# bounded number, so headers that differ per request cost no memory.
+_HEADERS_JSON: dict[tuple[tuple[str, str], ...], str] = {}
+_HEADERS_JSON_MAX, _HEADERS_JSON_MAX_CHARS = 256, 1024
+
+
+def _headers_json(resp: Response) -> str:
+    key = (*resp.headers, ("Content-Type", resp.content_type))
+    try:
+        return _HEADERS_JSON[key]
+    except KeyError:
+        cacheable = True
+    except TypeError:  # a header given as a list, not a tuple
+        cacheable = False
+    text = _COMPACT.encode(header_map(list(key)))
+    if cacheable and len(_HEADERS_JSON) < _HEADERS_JSON_MAX and len(text) <= _HEADERS_JSON_MAX_CHARS:
+        _HEADERS_JSON[key] = text
+    return text
+
+
 def _json_reply(resp: Response) -> bytes:
-    headers = header_map([*resp.headers, ("Content-Type", resp.content_type)])
-    head = f'{{"status_code":{resp.status},"headers":{_COMPACT.encode(headers)},"body":'
+    head = f'{{"status_code":{resp.status},"headers":{_headers_json(resp)},"body":'
     if resp.json:
         body = resp.body  # already JSON: embedded as an object, not encoded twice
         tail = b"}"

@@ -66,6 +66,24 @@ def pack_publish_properties(out: Outbound) -> bytes:
     return _varint(len(buf)) + bytes(buf)
 
 
+MAX_REMAINING_LENGTH = 268_435_455  # the largest a 4-byte variable byte integer can say
+
+
+def pack_publish(topic: bytes, payload: bytes, qos: int, mid: int, *, retain: bool = False, dup: bool = False,
+                 properties: bytes | None = None) -> bytes:
+    """A whole PUBLISH packet (spec 3.3); ``properties`` is the v5 property block, None under
+    3.1.1.  Raises ValueError when it would exceed MQTT's largest packet."""
+    head = len(topic).to_bytes(2, "big") + topic
+    if qos:
+        head += mid.to_bytes(2, "big")
+    if properties is not None:
+        head += properties
+    size = len(head) + len(payload)
+    if size > MAX_REMAINING_LENGTH:
+        raise ValueError("Packet too large")
+    return bytes((0x30 | dup << 3 | qos << 1 | retain,)) + _varint(size) + head + payload
+
+
 @dataclass(frozen=True, slots=True)
 class Subscription:
     """A topic filter the bridge subscribes to, and its QoS.

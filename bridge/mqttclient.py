@@ -8,6 +8,8 @@ here with its reason:
 * reads: one ``recv`` fills a buffer the packet reader takes from, where paho does three or
   more per packet;
 * writes: every queued packet goes out in one ``send``, where paho does one per packet;
+* a PUBLISH is packed in one expression (bridge.message.pack_publish), where paho appends
+  to a bytearray byte by byte and formats a debug line it then throws away;
 * a QoS 0 or 1 PUBLISH is decoded straight into an Inbound (bridge.packets): no
   ``MQTTMessage``, no validating ``Properties``, no per-topic callback matching;
 * a successful PUBACK is reported by packet id alone, without the reason code and property
@@ -27,7 +29,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from .message import Inbound, Outbound, Subscription, pack_publish_properties
+from .message import Inbound, Outbound, Subscription, pack_publish, pack_publish_properties
 from .packets import decode_publish
 
 RECV_CHUNK = 64 * 1024  # bytes asked of the socket per read: under malloc's mmap threshold
@@ -168,6 +170,17 @@ class Client(paho.Client):
         return rc
 
     # -- writing ------------------------------------------------------------------------------
+    def _send_publish(self, mid: int, topic: bytes, payload: bytes | bytearray = b"", qos: int = 0,
+                      retain: bool = False, dup: bool = False, info: Any = None,
+                      properties: Properties | None = None) -> paho.MQTTErrorCode:
+        if self.on_log is not None or self._logger is not None or not isinstance(topic, bytes):
+            return super()._send_publish(mid, topic, payload, qos, retain, dup, info, properties)
+        if self._sock is None:
+            return paho.MQTT_ERR_NO_CONN
+        props = (b"\x00" if properties is None else properties.pack()) if self._v5 else None
+        packet = pack_publish(topic, bytes(payload), qos, mid, retain=retain, dup=dup, properties=props)
+        return self._packet_queue(_PUBLISH, packet, mid, qos, info)
+
     def _packet_write(self) -> paho.MQTTErrorCode:
         queue = self._out_packet
         if not queue or any(p["command"] & 0xF0 == _DISCONNECT for p in queue):

@@ -220,3 +220,14 @@ def test_a_content_type_user_property_stays_when_the_message_has_none():
 def test_a_reply_that_cannot_travel_as_mqtt_properties_is_refused_by_the_encoder(resp):
     with pytest.raises(ValueError):
         encode_reply(resp, "body", "out/t", 1, None)
+
+
+def test_json_replies_with_the_same_headers_and_with_others_each_carry_their_own():
+    first = json.loads(encode_reply(normalise({"headers": {"X-A": "1"}, "body": "a"}), "json", "t", 0, None).payload)
+    again = json.loads(encode_reply(normalise({"headers": {"X-A": "1"}, "body": "b"}), "json", "t", 0, None).payload)
+    other = json.loads(encode_reply(normalise({"headers": {"X-A": "2"}, "body": "c"}), "json", "t", 0, None).payload)
+    listed = json.loads(encode_reply(Response(200, [["X-B", "3"]], b"d"), "json", "t", 0, None).payload)  # type: ignore[list-item]
+    assert first["headers"] == again["headers"] == {"X-A": "1", "Content-Type": "text/plain; charset=utf-8"}
+    assert other["headers"]["X-A"] == "2"
+    assert listed["headers"]["X-B"] == "3"
+    assert (first["body"], again["body"], other["body"]) == ("a", "b", "c")
