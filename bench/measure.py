@@ -125,9 +125,11 @@ def cpu_ticks(pids: list[int]) -> int:
 
 
 def loadgen(port: int, topic: str, qos: int, inflight: int, size: int, warmup: float,
-            duration: float, watch: dict[str, int | list[int]] | None = None) -> dict:
+            duration: float, watch: dict[str, int | list[int]] | None = None,
+            alone: dict[str, list[int]] | None = None) -> dict:
     """Run the load generator once; poll CPU (and RSS) of the ``watch`` processes and their
-    descendants meanwhile (a list of pids, e.g. the bridges of a share group, is summed)."""
+    descendants meanwhile (a list of pids, e.g. the bridges of a share group, is summed), and
+    of the ``alone`` processes without their descendants (e.g. a daemon without its workers)."""
     cmd = [str(LOADGEN), HOST, str(port), topic, str(qos), str(inflight), str(size),
            f"{warmup:g}", f"{duration:g}"]
     watch = watch or {}
@@ -135,6 +137,7 @@ def loadgen(port: int, topic: str, qos: int, inflight: int, size: int, warmup: f
     peak_rss: dict[str, int] = {}
     trees = {name: [p for pid in (pids if isinstance(pids, list) else [pids]) for p in proc_tree(pid)]
              for name, pids in watch.items()}
+    trees.update(alone or {})
     t_start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=_pdeathsig)
@@ -163,7 +166,7 @@ def loadgen(port: int, topic: str, qos: int, inflight: int, size: int, warmup: f
         inside = [s for s in samples if w0 <= s[0] <= w1] or samples
         a, b = inside[0], inside[-1]
         if b[0] - a[0] > 0.05:
-            for name in watch:
+            for name in trees:
                 res[f"{name}_cpu_frac"] = round((b[1][name] - a[1][name]) / CLK_TCK / (b[0] - a[0]), 3)
     for name, kib in peak_rss.items():
         res[f"{name}_peak_rss_kib"] = kib
