@@ -18,12 +18,12 @@ from collections import Counter
 
 # (bucket, markers): a marker is a substring of a py-spy frame ("function (file:line)").
 BUCKETS: list[tuple[str, tuple[str, ...]]] = [
-    ("JSON reply encoding", ("_json_reply", "json/")),
+    ("JSON reply encoding", ("_json_reply", "_headers_json", "json/")),
     ("reply topic decision", ("_reply_topic",)),
     ("timeout timer per request", ("call_later", "Dispatcher.started", "TimerHandle")),
     ("statistics and metrics", ("stats.py", "prometheus_client")),
-    ("publish: packing the reply", ("mqttclient.py:2", "Client.publish", "_send_publish", "PublishProperties",
-                                    "encode_reply", "pack_publish_properties")),
+    ("publish: packing the reply", ("publish (mqttclient.py", "Client.publish", "_send_publish", "PublishProperties",
+                                    "encode_reply", "pack_publish")),
     ("PUBACKs (QoS 1)", ("_handle_pubackcomp", "Ledger.published", "Client.ack")),
     ("writing sockets", ("loop_write", "_packet_write", "Pump._flush", "Pump.flush", "Channel.send",
                          "WorkerProcess.flush", "_sock_send")),

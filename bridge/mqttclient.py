@@ -10,6 +10,8 @@ here with its reason:
 * writes: every queued packet goes out in one ``send``, where paho does one per packet;
 * a PUBLISH is packed in one expression (bridge.message.pack_publish), where paho appends
   to a bytearray byte by byte and formats a debug line it then throws away;
+* a QoS 0 reply is queued without paho's per-message objects (a message id, and an info
+  object with its own Condition and RLock): nothing waits for it;
 * a QoS 0 or 1 PUBLISH is decoded straight into an Inbound (bridge.packets): no
   ``MQTTMessage``, no validating ``Properties``, no per-topic callback matching;
 * a successful PUBACK is reported by packet id alone, without the reason code and property
@@ -54,6 +56,18 @@ class PublishProperties(Properties):
 
     def pack(self) -> bytes:
         return self._packed  # type: ignore[no-any-return]
+
+
+class _Unwatched:
+    """paho's writer marks each QoS 0 PUBLISH's info published; nothing watches these."""
+
+    __slots__ = ()
+
+    def _set_as_published(self) -> None:
+        pass
+
+
+_UNWATCHED = _Unwatched()
 
 
 class Client(paho.Client):
@@ -181,6 +195,19 @@ class Client(paho.Client):
         packet = pack_publish(topic, bytes(payload), qos, mid, retain=retain, dup=dup, properties=props)
         return self._packet_queue(_PUBLISH, packet, mid, qos, info)
 
+    def publish_unwatched(self, topic: str, payload: bytes, properties: bytes | None) -> paho.MQTTErrorCode:
+        """Queue a QoS 0 PUBLISH (``properties``: the v5 block, None under 3.1.1).  Raises
+        ValueError for a topic paho would refuse, and for an empty one."""
+        topic_bytes = topic.encode()
+        if not topic_bytes:
+            raise ValueError("Invalid topic.")
+        self._raise_for_invalid_topic(topic_bytes)
+        if self._sock is None:
+            return paho.MQTT_ERR_NO_CONN
+        packet = pack_publish(topic_bytes, payload, 0, 0, properties=properties)
+        # Message id 0: no QoS 0 packet has one, and no PUBACK can name it.
+        return self._packet_queue(_PUBLISH, packet, 0, 0, _UNWATCHED)
+
     def _packet_write(self) -> paho.MQTTErrorCode:
         queue = self._out_packet
         if not queue or any(p["command"] & 0xF0 == _DISCONNECT for p in queue):
@@ -238,9 +265,13 @@ def subscribe(client: Client, sub: Subscription, index: int, v5: bool) -> tuple[
     return client.subscribe(sub.topic, options=options, properties=props)
 
 
-def publish(client: Client, out: Outbound, v5: bool) -> Any:
-    """Queue ``out``; paho's MessageInfo comes back (``rc``, ``mid``)."""
+def publish(client: Client, out: Outbound, v5: bool) -> tuple[paho.MQTTErrorCode, int | None]:
+    """Queue ``out``: paho's return code, and the message id whose PUBACK or PUBCOMP to await
+    (None at QoS 0)."""
+    if out.qos == 0:
+        return client.publish_unwatched(out.topic, out.payload, pack_publish_properties(out) if v5 else None), None
     props = None
     if v5 and (out.correlation_data is not None or out.content_type or out.user_properties):
         props = PublishProperties(out)
-    return client.publish(out.topic, out.payload, out.qos, properties=props)
+    info = client.publish(out.topic, out.payload, out.qos, properties=props)
+    return info.rc, info.mid

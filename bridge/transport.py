@@ -300,11 +300,11 @@ class Connection:
     # -- what the bridge uses -----------------------------------------------------------------
     def publish(self, out: Outbound) -> int | None:
         """Hand a message to paho; return its mid when the broker's ack is to be awaited."""
-        info = mqttclient.publish(self._client, out, self.protocol.v5)
-        if out.qos and info.rc in (mqttclient.ERR_SUCCESS, mqttclient.ERR_NO_CONN):
-            return info.mid  # paho resends it after a reconnect
-        if info.rc != mqttclient.ERR_SUCCESS:
-            log.warning("reply to %r not published: %s", out.topic, mqttclient.error_string(info.rc))
+        rc, mid = mqttclient.publish(self._client, out, self.protocol.v5)
+        if out.qos and rc in (mqttclient.ERR_SUCCESS, mqttclient.ERR_NO_CONN):
+            return mid  # paho resends it after a reconnect
+        if rc != mqttclient.ERR_SUCCESS:
+            log.warning("reply to %r not published: %s", out.topic, mqttclient.error_string(rc))
         return None
 
     @property

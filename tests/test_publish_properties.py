@@ -58,3 +58,21 @@ def test_publish_packets_match_pahos_byte_for_byte(v5, topic, payload, qos, mid,
     args = (mid, topic, payload, qos, retain, dup, None, props)
     reference = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5 if v5 else paho.MQTTv311)
     assert _queued(Client("c", v5), Client._send_publish, *args) == _queued(reference, paho.Client._send_publish, *args)
+
+
+@pytest.mark.parametrize("v5", [True, False])
+@given(topic=st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="+#\x00"),
+                     min_size=1, max_size=100),
+       payload=st.binary(max_size=300), correlation=st.one_of(st.none(), st.binary(max_size=200)))
+def test_qos0_replies_match_pahos_publish_byte_for_byte(v5, topic, payload, correlation):
+    out = Outbound(topic, payload, 0, correlation)
+    props = _PublishProperties(out) if v5 and correlation is not None else None
+    reference = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5 if v5 else paho.MQTTv311)
+    ours = _queued(Client("c", v5), lambda c: Client.publish_unwatched(c, topic, payload, props.pack() if props else (b"\x00" if v5 else None)))
+    assert ours == _queued(reference, lambda c: paho.Client.publish(c, topic, payload, 0, properties=props).rc)
+
+
+@pytest.mark.parametrize("topic", ["a/+/b", "a/#", "", "x" * 65536])
+def test_a_qos0_reply_to_a_topic_paho_would_refuse_raises(topic):
+    with pytest.raises(ValueError):
+        _queued(Client("c", True), lambda c: Client.publish_unwatched(c, topic, b"p", b"\x00"))
