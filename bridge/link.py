@@ -55,7 +55,6 @@ def max_packet_size(max_payload: int) -> int:
     return min(max_payload + PACKET_HEADROOM, MAX_PACKET_SIZE)
 
 
-
 class BrokerLink:
     """Requests in on the request sessions, replies out on one connection, same broker.
 
@@ -183,8 +182,10 @@ class BrokerLink:
         return self.replies.is_connected
 
     def flush(self) -> None:
-        for conn in self.connections:
-            conn.flush()
+        """Write what every connection has queued (after each read burst and batch of results)."""
+        for s in self.sessions:
+            s.connection.flush()
+        self.replies.flush()
 
     @property
     def subscriptions(self) -> list[Subscription]:

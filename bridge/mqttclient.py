@@ -187,8 +187,7 @@ class Client(paho.Client):
     def _send_publish(self, mid: int, topic: bytes, payload: bytes | bytearray = b"", qos: int = 0,
                       retain: bool = False, dup: bool = False, info: Any = None,
                       properties: Properties | None = None) -> paho.MQTTErrorCode:
-        if self.on_log is not None or self._logger is not None or not isinstance(topic, bytes):
-            return super()._send_publish(mid, topic, payload, qos, retain, dup, info, properties)
+        # paho calls this with the topic already encoded, for QoS 1 and 2 and for resends.
         if self._sock is None:
             return paho.MQTT_ERR_NO_CONN
         props = (b"\x00" if properties is None else properties.pack()) if self._v5 else None
