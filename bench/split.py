@@ -1,11 +1,15 @@
 """Where a bridge's CPU goes: the daemon against its worker processes, per reply.
 
-    python bench/split.py [--mode process|thread] [--qos 0] [--inflight 1] [--size 16]
-                          [--duration 4] [--repeat 3] [--against DIR]
+    python bench/split.py [--server bridge|raw|raw-process] [--mode process|thread] [--qos 0]
+                          [--inflight 1] [--size 16] [--duration 4] [--repeat 3] [--against DIR]
 
 One private mosquitto (the repository's mosquitto.conf, a free port), one bridge with the
 ``echo`` function, bench/loadgen as in ``make bench``; prints the daemon's and the workers'
 CPU time per reply (µs) for each run, then the medians.
+
+``--server raw-process``: the same split for the floor instead (bench/raw_echo.py
+``--through-process``: its main process against the child each payload goes through);
+``--server raw``: the paho echo itself, for the ratio.
 
 ``--against DIR``: a second checkout of the bridge (e.g. ``git worktree add /tmp/before
 HEAD~1``), run with ``PYTHONPATH=DIR`` and alternated with this one, run by run: what a
@@ -30,9 +34,12 @@ from tests.support.broker import Broker  # noqa: E402
 
 def measure(broker: Broker, workdir: Path, tree: str | None, args: argparse.Namespace) -> tuple[float, float, float]:
     """One run: (msgs/s, daemon µs per reply, workers µs per reply)."""
-    exe = venv_bin("iot-bridge")
-    assert exe is not None, "no .venv/bin/iot-bridge: run `make test` or `make run` once"
-    srv = srv_kinds.bridge(workdir, broker.port, args.qos, exe, mode=args.mode)
+    if args.server == "bridge":
+        exe = venv_bin("iot-bridge")
+        assert exe is not None, "no .venv/bin/iot-bridge: run `make test` or `make run` once"
+        srv = srv_kinds.bridge(workdir, broker.port, args.qos, exe, mode=args.mode)
+    else:
+        srv = srv_kinds.raw(workdir, broker.port, args.qos, through_process=args.server == "raw-process")
     env = os.environ.copy()
     if tree:
         os.environ["PYTHONPATH"] = tree
@@ -53,6 +60,7 @@ def measure(broker: Broker, workdir: Path, tree: str | None, args: argparse.Name
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--server", default="bridge", choices=("bridge", "raw", "raw-process"))
     ap.add_argument("--mode", default="process", choices=("process", "thread"))
     ap.add_argument("--qos", type=int, default=0, choices=(0, 1, 2))
     ap.add_argument("--inflight", type=int, default=1)
@@ -76,7 +84,8 @@ def main() -> None:
                           flush=True)
         finally:
             broker.stop()
-    print(f"\nmedians, {args.mode} mode, QoS {args.qos}, {args.inflight} in flight, {args.size} B, "
+    what = f"{args.mode} mode" if args.server == "bridge" else f"{args.server} (daemon: its main process, workers: its child)"
+    print(f"\nmedians, {what}, QoS {args.qos}, {args.inflight} in flight, {args.size} B, "
           f"{args.repeat} run(s) of {args.duration:g} s (CPU per reply; clock tick {1e6 / CLK_TCK:.0f} µs):")
     for name, runs in figures.items():
         rate, daemon, workers = (statistics.median(r[i] for r in runs) for i in range(3))
