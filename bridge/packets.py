@@ -65,8 +65,8 @@ def decode_publish(header: int, packet: bytes, v5: bool) -> Inbound:
                 value, pos = _string(packet, pos)
                 if ident == 0x08:
                     msg.response_topic = _text(value)
-                elif ident == 0x09:
-                    msg.correlation_data = value
+                elif ident == 0x09:  # bytes: a slice of paho's buffer is a bytearray, unhashable
+                    msg.correlation_data = bytes(value)
                 else:
                     msg.content_type = _text(value)
             elif kind is _PAIR:

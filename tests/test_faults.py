@@ -179,10 +179,11 @@ def test_broker_restarted_from_an_older_snapshot_reuses_a_mid_of_running_work(
 # -- 1b. one of the bridge's two connections drops ----------------------------------------------
 
 def _one_connection_dropped(which: str, make_bridge, broker, topic_prefix, tmp_path,
-                            qos: int = 1) -> dict[str, object]:
+                            qos: int = 1, props: list[tuple[str, ...]] = ()) -> dict[str, object]:
     """400 requests; after 50 replies, another client takes over the client id of one of the
     bridge's connections, which the broker then closes (the other stays up).  At the end the
-    bridge is stopped and its session must hold nothing unfinished."""
+    bridge is stopped and its session must hold nothing unfinished.  ``props``: PUBLISH
+    properties of every request."""
     t, count = topic_prefix, 400
     runs = tmp_path / "runs.txt"  # one line per function run
     bridge = make_bridge([{"topic": f"{t}/req", "handler": "record", "reply_topic": "replies/{topic}",
@@ -192,7 +193,7 @@ def _one_connection_dropped(which: str, make_bridge, broker, topic_prefix, tmp_p
     replies = Collector(broker.port, f"replies/{t}/req", f"oc-{tmp_path.name}"[:23])
     try:
         bulk_publish(broker.port, f"{t}/req", [f"k-{i:04d}".encode() for i in range(count)], qos=qos,
-                     user_properties=[("query", f"file={runs}&sleep=0.02")])
+                     user_properties=[("query", f"file={runs}&sleep=0.02")], props=props)
         wait_for(lambda: replies.count() >= 50, 20, "50 replies")
         answered_before = replies.count()
         take_over(broker.port, client_id)
@@ -227,6 +228,19 @@ def test_request_connection_dropped_mid_stream_loses_nothing_and_reruns_nothing(
     # Only acknowledgements sent in the instant the broker dropped the connection are lost
     # (about one per worker; 2 in our runs).  Acknowledging on the dead connection instead
     # loses every one made while it is down: 20 reruns in the same test.
+    assert r["function_reruns"] <= 4, r
+
+
+def test_request_connection_dropped_mid_stream_under_request_response_clients(
+        make_bridge, broker, topic_prefix, tmp_path):
+    """The same with requests as mosquitto_rr and paho's request/response clients send them
+    (Response Topic and Correlation Data): after the resume each copy is recognised by its
+    content, correlation data included, and nothing is lost or run twice."""
+    t = topic_prefix
+    r = _one_connection_dropped("requests", make_bridge, broker, t, tmp_path,
+                                props=[("response-topic", f"replies/{t}/req"), ("correlation-data", "corr-1")])
+    figures("requests_connection_dropped_rr", **r)
+    assert r["answered_distinct"] == r["ran_distinct"] == r["sent"]
     assert r["function_reruns"] <= 4, r
 
 

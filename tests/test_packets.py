@@ -56,13 +56,14 @@ def publishes(draw):
 @given(publishes())
 def test_v5_publish_decodes_as_paho_decodes_it(case):
     header, packet = case
-    ours = decode_publish(header, packet, v5=True)
+    ours = decode_publish(header, bytearray(packet), v5=True)  # paho reads packets into a bytearray
     theirs = _packet.decode_publish(header, packet, MQTTv5)
     props = theirs.properties
     assert (ours.topic, ours.payload, ours.qos, ours.mid, ours.retain, ours.dup) == (
         theirs.topic.decode(), theirs.payload, theirs.qos, theirs.mid, theirs.retain, theirs.dup)
     assert ours.response_topic == getattr(props, "ResponseTopic", None)
     assert ours.correlation_data == getattr(props, "CorrelationData", None)
+    assert ours.correlation_data is None or type(ours.correlation_data) is bytes  # part of a dict key
     assert ours.content_type == getattr(props, "ContentType", None)
     assert ours.user_properties == (getattr(props, "UserProperty", None) or [])
     assert ours.subscription_ids == (getattr(props, "SubscriptionIdentifier", None) or [])

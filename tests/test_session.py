@@ -14,7 +14,8 @@ import pytest
 
 from tests.support.broker import free_port
 from tests.support.certs import make_pki
-from tests.support.load import clashing_bridges
+from tests.support.clients import rr
+from tests.support.load import clashing_bridges, unfinished_in_session
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -59,6 +60,30 @@ def test_a_session_the_broker_forgot_is_reported_at_the_next_start(make_bridge, 
     log = bridge.log()
     assert log.count("did not keep the session") == 1, log
     assert "persistence true" in log
+
+
+def test_requests_with_correlation_data_are_answered_after_a_restart_on_the_kept_session(
+        make_bridge, own_broker, topic_prefix):
+    """A request/response client sets Correlation Data (``mosquitto_rr -D publish
+    correlation-data``).  After a restart that resumes the session, the bridge answers and
+    acknowledges such requests as before.  It once failed on each reply's PUBACK there: the
+    requests stayed unacknowledged (rerun at the next start) and each kept its in-flight slot."""
+    topic = f"{topic_prefix}/x"
+    bridge = make_bridge(_route(topic_prefix), on=own_broker)
+
+    def ask(n: int) -> dict[str, object]:
+        return rr(own_broker.port, topic, f"req-{n}", props=[("publish", "correlation-data", f"corr-{n}")], wait=5)
+
+    assert ask(0)["status_code"] == 200
+    assert bridge.stop() == 0
+    bridge.start()
+    assert "requests connection: connected to" in bridge.log().split("(session resumed)")[0]
+    for n in range(1, 4):
+        reply = ask(n)
+        assert reply["status_code"] == 200 and reply["body"]["body"] == f"req-{n}", reply
+    assert bridge.stop() == 0
+    assert unfinished_in_session(own_broker.port, bridge.config["mqtt"]["client_id"], topic) == []
+    assert "Traceback" not in bridge.log(), bridge.log()
 
 
 def test_a_lower_qos_granted_than_the_route_asks_is_reported(make_bridge, tmp_path, topic_prefix):

@@ -232,13 +232,17 @@ def figures(name: str, **values: object) -> None:
 
 
 def bulk_publish(port: int, topic: str, lines: Iterable[bytes], *, qos: int = 1,
-                 user_properties: list[tuple[str, str]] = (), timeout: float = 120.0) -> float:
+                 user_properties: list[tuple[str, str]] = (), props: list[tuple[str, ...]] = (),
+                 timeout: float = 120.0) -> float:
     """Publish one message per item of ``lines`` (single-line payloads) with
-    ``mosquitto_pub -l``, as fast as it goes; return the seconds it took."""
+    ``mosquitto_pub -l``, as fast as it goes; return the seconds it took.  ``props``: more
+    PUBLISH properties, e.g. ``("correlation-data", "c1")``."""
     data = b"".join(line + b"\n" for line in lines)
     cmd = ["mosquitto_pub", "-V", "5", "-p", str(port), "-q", str(qos), "-t", topic, "-l"]
     for name, value in user_properties:
         cmd += ["-D", "publish", "user-property", name, value]
+    for prop in props:
+        cmd += ["-D", "publish", *prop]
     start = time.monotonic()
     subprocess.run(cmd, input=data, check=True, timeout=timeout,
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
