@@ -17,11 +17,14 @@ here with its reason:
 * a successful PUBACK is reported by packet id alone, without the reason code and property
   objects paho builds for it;
 * a PUBREL for a QoS 2 message paho already delivered is reported (with manual acks paho
-  ignores it, and unanswered it would stay in flight for ever).
+  ignores it, and unanswered it would stay in flight for ever);
+* a callback that raises is logged with its traceback: paho only hands it to a logger the
+  bridge does not attach (its per-packet debug lines cost time).
 """
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 from typing import Any, Callable
@@ -41,6 +44,8 @@ ERR_NO_CONN = paho.MQTT_ERR_NO_CONN
 CLEAN_START_FIRST_ONLY = paho.MQTT_CLEAN_START_FIRST_ONLY
 error_string = paho.error_string
 _PUBLISH, _PUBACK, _DISCONNECT = 0x30, 0x40, 0xE0
+
+log = logging.getLogger("bridge.transport")
 
 
 class PublishProperties(Properties):
@@ -88,7 +93,7 @@ class Client(paho.Client):
             manual_ack=True,
             reconnect_on_failure=False,  # no reconnects of paho's own (its 3.1 downgrade)
         )
-        self.suppress_exceptions = True  # a bug in a callback must not kill the network loop
+        self.suppress_exceptions = True  # a bug in a callback must not kill the network loop (see _easy_log)
         self._v5 = v5
         self._rbuf = b""
         self._rpos = 0
@@ -133,6 +138,12 @@ class Client(paho.Client):
             return True
         sock = self._sock
         return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+
+    def _easy_log(self, level: Any, fmt: str, *args: Any) -> None:
+        # paho's only report of a callback that raised (suppress_exceptions): it runs inside
+        # the except block, so the traceback is at hand.
+        if level == paho.MQTT_LOG_ERR and fmt.startswith("Caught exception"):
+            log.error("%s: " + fmt, self._client_id.decode(errors="replace"), *args, exc_info=True)
 
     def read_packet(self) -> bool:
         # loop_read() reads one packet when nothing is in flight and does not say whether the

@@ -171,7 +171,12 @@ class Connection:
         log.info("%s connection: connected to %s:%d (session %s)", self.name, self.config.host,
                  self.config.port, "resumed" if flags.session_present else "new")
         if self._connect_cb is not None:
-            self._connect_cb(bool(flags.session_present), broker_cap)
+            try:
+                self._connect_cb(bool(flags.session_present), broker_cap)
+            except Exception:
+                # A bug in the session bookkeeping must not leave the connection up but never
+                # subscribed: log it and serve on (the broker still resends by packet id).
+                log.exception("%s connection: handling the new connection failed; serving on", self.name)
         self._subscribe_all(client, bool(flags.session_present))
         self._pump.connack(True)  # from now on a pause takes effect at once, SUBACKs pending or not
         self._settle_connack(True)
@@ -219,9 +224,9 @@ class Connection:
     def _on_subscribe(self, _c: mqttclient.Client, _u: Any, mid: int, reasons: Any, _p: Any) -> None:
         granted = [None if r.is_failure else int(r.value) for r in reasons]
         if self.subs.acknowledged(mid, granted):
+            self.connected.set()  # first: the callback below raising must not keep it unset
             if self.subs.held is not None and self._subscribed_cb is not None:
                 self._subscribed_cb(self.subs.held)
-            self.connected.set()
 
     def _on_disconnect(self, _c: mqttclient.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
         was_up = self._up_now

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import signal
 import socket
+import textwrap
 import threading
 import time
 
@@ -84,6 +85,58 @@ def test_requests_with_correlation_data_are_answered_after_a_restart_on_the_kept
     assert bridge.stop() == 0
     assert unfinished_in_session(own_broker.port, bridge.config["mqtt"]["client_id"], topic) == []
     assert "Traceback" not in bridge.log(), bridge.log()
+
+
+def _inject(tmp_path, code: str) -> dict[str, str]:
+    """The environment for a bridge with a fault injected into it: ``code`` runs at the start
+    of each of its Python processes (a ``sitecustomize`` module)."""
+    where = tmp_path / "inject"
+    where.mkdir(exist_ok=True)
+    (where / "sitecustomize.py").write_text(textwrap.dedent(code))
+    return {"PYTHONPATH": str(where)}
+
+
+def test_a_bug_in_handling_a_new_connection_is_logged_and_the_bridge_serves_on(
+        make_bridge, own_broker, topic_prefix, tmp_path):
+    """A bug in the bridge's handling of a new connection (here: a fault injected into
+    resuming the session) is logged with its traceback, and the connection still subscribes
+    and serves: it once stayed up unsubscribed, never ready, and said nothing."""
+    env = _inject(tmp_path, """
+        from bridge import delivery
+
+        def _broken(self, last_read=None):
+            raise RuntimeError("injected fault in session_resumed")
+
+        delivery.Ledger.session_resumed = _broken
+    """)
+    bridge = make_bridge(_route(topic_prefix), on=own_broker, env=env)
+    assert bridge.stop() == 0
+    bridge.start()  # the session was kept: resuming it raises
+    log = bridge.log()
+    errors = [line for line in log.splitlines() if " ERROR " in line]
+    assert any("handling the new connection failed; serving on" in line for line in errors), log
+    assert "RuntimeError: injected fault in session_resumed" in log.split("handling the new connection failed")[1]
+    assert rr(own_broker.port, f"{topic_prefix}/x", "still serving", wait=5)["status_code"] == 200
+
+
+def test_an_exception_in_any_mqtt_callback_is_logged_with_its_traceback(make_bridge, broker, topic_prefix, tmp_path):
+    """paho, told not to let a callback's exception end its loop, reports it only to a logger
+    of its own: the bridge's log shows it (here: a fault injected into recording the
+    session's subscriptions when the SUBACK arrives), and the bridge is ready and serves."""
+    env = _inject(tmp_path, """
+        from bridge import promises
+
+        def _broken(self, subscriptions, session_expiry):
+            raise RuntimeError("injected fault in session_held")
+
+        promises.SessionMarker.session_held = _broken
+    """)
+    bridge = make_bridge(_route(topic_prefix), env=env)
+    log = bridge.log()
+    errors = [line for line in log.splitlines() if " ERROR " in line]
+    assert any("Caught exception in on_subscribe" in line for line in errors), log
+    assert "RuntimeError: injected fault in session_held" in log.split("Caught exception in on_subscribe")[1]
+    assert rr(broker.port, f"{topic_prefix}/x", "still serving", wait=5)["status_code"] == 200
 
 
 def test_a_lower_qos_granted_than_the_route_asks_is_reported(make_bridge, tmp_path, topic_prefix):
