@@ -63,7 +63,10 @@ def test_v5_publish_decodes_as_paho_decodes_it(case):
         theirs.topic.decode(), theirs.payload, theirs.qos, theirs.mid, theirs.retain, theirs.dup)
     assert ours.response_topic == getattr(props, "ResponseTopic", None)
     assert ours.correlation_data == getattr(props, "CorrelationData", None)
-    assert ours.correlation_data is None or type(ours.correlation_data) is bytes  # part of a dict key
+    # The types too: a request's copy key (bridge.delivery) is hashed, and holds these.
+    assert type(ours.payload) is bytes and type(ours.topic) is str
+    assert ours.correlation_data is None or type(ours.correlation_data) is bytes
+    assert ours.response_topic is None or type(ours.response_topic) is str
     assert ours.content_type == getattr(props, "ContentType", None)
     assert ours.user_properties == (getattr(props, "UserProperty", None) or [])
     assert ours.subscription_ids == (getattr(props, "SubscriptionIdentifier", None) or [])
