@@ -231,17 +231,19 @@ class Connection:
     def _on_disconnect(self, _c: mqttclient.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
         was_up = self._up_now
         self._up_now = False
-        self._pump.connack(False)
         self.connected.clear()
-        if self._connack is not None and not self._connack.done():
-            self.refusal = self.refusal or f"connection closed before CONNACK ({reason})"
-            self._settle_connack(False)
-        elif was_up and not self.stopping:
-            log.warning("%s connection: disconnected from the broker: %s", self.name, reason)
-            if getattr(flags, "is_disconnect_packet_from_server", False) and getattr(reason, "value", 0) == 0x8E:
-                self.taken_over = True  # "Session taken over": another client with our id
-                self._clash.taken_over()
-        self.down.set()
+        try:
+            self._pump.connack(False)
+            if self._connack is not None and not self._connack.done():
+                self.refusal = self.refusal or f"connection closed before CONNACK ({reason})"
+                self._settle_connack(False)
+            elif was_up and not self.stopping:
+                log.warning("%s connection: disconnected from the broker: %s", self.name, reason)
+                if getattr(flags, "is_disconnect_packet_from_server", False) and getattr(reason, "value", 0) == 0x8E:
+                    self.taken_over = True  # "Session taken over": another client with our id
+                    self._clash.taken_over()
+        finally:
+            self.down.set()  # whatever raised above (logged by mqttclient), the reconnect must come
 
     def _on_message(self, client: mqttclient.Client, _u: Any, m: Any) -> None:
         """A QoS 2 message (or one bridge.packets would not decode), as paho delivers it."""

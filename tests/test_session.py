@@ -16,7 +16,7 @@ import pytest
 from tests.support.broker import free_port
 from tests.support.certs import make_pki
 from tests.support.clients import rr
-from tests.support.load import clashing_bridges, unfinished_in_session
+from tests.support.load import clashing_bridges, take_over, unfinished_in_session
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -136,6 +136,30 @@ def test_an_exception_in_any_mqtt_callback_is_logged_with_its_traceback(make_bri
     errors = [line for line in log.splitlines() if " ERROR " in line]
     assert any("Caught exception in on_subscribe" in line for line in errors), log
     assert "RuntimeError: injected fault in session_held" in log.split("Caught exception in on_subscribe")[1]
+    assert rr(broker.port, f"{topic_prefix}/x", "still serving", wait=5)["status_code"] == 200
+
+
+def test_a_bug_in_handling_a_lost_connection_is_logged_and_the_bridge_reconnects(
+        make_bridge, broker, topic_prefix, tmp_path):
+    """The same when a connection drops (here: a fault injected into pausing its reader): the
+    error is logged and the connection comes back; it once stayed down for good."""
+    env = _inject(tmp_path, """
+        from bridge import pump
+
+        _connack = pump.Pump.connack
+
+        def _broken(self, accepted):
+            if not accepted:
+                raise RuntimeError("injected fault in handling a disconnect")
+            return _connack(self, accepted)
+
+        pump.Pump.connack = _broken
+    """)
+    bridge = make_bridge(_route(topic_prefix), env=env)
+    take_over(broker.port, bridge.config["mqtt"]["client_id"])
+    bridge.wait_for_log("requests connection: connected to", 10, occurrence=2)
+    log = bridge.log()
+    assert "Caught exception in on_disconnect" in log and "RuntimeError: injected fault" in log, log
     assert rr(broker.port, f"{topic_prefix}/x", "still serving", wait=5)["status_code"] == 200
 
 
