@@ -64,11 +64,20 @@ class PublishProperties(Properties):
 
 
 class _Unwatched:
-    """paho's writer marks each QoS 0 PUBLISH's info published; nothing watches these."""
+    """The info of a QoS 0 reply, which nothing watches: paho's writer marks it published, and
+    a reconnect marks one still queued lost (``rc``); both are no-ops."""
 
     __slots__ = ()
 
     def _set_as_published(self) -> None:
+        pass
+
+    @property
+    def rc(self) -> int:
+        return paho.MQTT_ERR_SUCCESS
+
+    @rc.setter
+    def rc(self, _value: int) -> None:
         pass
 
 

@@ -142,6 +142,31 @@ def test_broker_sigkill_and_restart_while_requests_stream_in(make_bridge, own_br
     assert r["answered_distinct"] >= REQUESTS - 150  # at most ~1 s of requests at 150/s
 
 
+def test_broker_hung_then_restarted_with_qos0_replies_still_queued(make_bridge, own_broker, topic_prefix, tmp_path):
+    """The broker stops reading (SIGSTOP) while QoS 0 requests run; their large replies stay
+    queued in the bridge; the broker is then killed and restarted.  The bridge reconnects and
+    serves on: the replies queued on the dead connection are dropped (QoS 0).  The reconnect
+    once raised on them and the daemon exited."""
+    t, seen = topic_prefix, tmp_path / "seen.txt"
+    bridge = make_bridge([{"topic": f"{t}/big", "handler": "record", "qos": 0, "concurrency": 12,
+                           "reply_topic": "replies/{topic}"},
+                          {"topic": f"{t}/echo", "handler": "inspect_event"}], on=own_broker, logging={"access": True})
+    body = b"x" * 900_000  # 12 replies of ~900 kB: more than the sockets between bridge and broker hold
+    bulk_publish(own_broker.port, f"{t}/big", [body] * 12, qos=0,
+                 user_properties=[("query", f"file={seen}&sleep=1")])
+    wait_for(lambda: seen.exists() and seen.read_text().count("\n") >= 12, 10, "12 calls running")
+    own_broker.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: bridge.log().count(f"{t}/big record 200") >= 12, 10, "12 replies made while the broker hangs")
+    finally:
+        own_broker.stop(signal.SIGKILL)
+    own_broker.start()
+    bridge.wait_for_log("replies connection: connected to", 15, occurrence=2)
+    assert rr(own_broker.port, f"{t}/echo", "after", wait=5)["body"]["body"] == "after"
+    assert bridge.proc.poll() is None, bridge.log()
+    assert "Traceback" not in bridge.log(), bridge.log()
+
+
 def test_broker_restarted_from_an_older_snapshot_reuses_a_mid_of_running_work(
         make_bridge, own_broker, topic_prefix, tmp_path):
     """A is delivered (mid 1) right after an autosave and runs for 1.5 s; the broker is killed
