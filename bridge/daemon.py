@@ -200,7 +200,7 @@ class Bridge:
             self.config.mqtt,
             _subscriptions(self.config, self.routes),
             on_message=lambda m, i: dispatcher_ref[0].handle(m, i),
-            on_published=lambda mid: dispatcher_ref[0].lanes.published(mid),
+            on_published=lambda mid, refusal: dispatcher_ref[0].lanes.published(mid, refusal),
             max_in_flight=self.config.limits.max_in_flight,
             max_payload=self.config.limits.max_payload,
             state_dir=self.config.replies.store.parent,

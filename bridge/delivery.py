@@ -249,12 +249,20 @@ class Ledger:
         for held, out in parked:
             self.send(held, out)
 
-    def published(self, mid: int) -> bool:
+    def published(self, mid: int, refusal: str | None = None) -> bool:
         """The broker acknowledged reply ``mid``: acknowledge its request.  False when no
-        request of this ledger awaited that reply (another lane's)."""
+        request of this ledger awaited that reply (another lane's).
+
+        A reply the broker refused (``refusal``: its reason, e.g. not authorized, too large)
+        is logged and its request acknowledged all the same: sent again, it would be refused
+        again, and a redelivered request would run again for nothing.
+        """
         held = self._awaiting.pop(mid, None)
         if held is None:
             return False
+        if refusal is not None:
+            log.warning("the broker refused the reply to a request on %s: %s; the request is acknowledged "
+                        "without a reply", held.msg.topic, refusal)
         self._done(held)
         return True
 

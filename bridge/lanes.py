@@ -126,10 +126,11 @@ class Lanes(list[Lane]):
         for lane in self:
             lane.stop()
 
-    def published(self, mid: int) -> None:
-        """The broker acknowledged reply ``mid`` (on the reply connection, shared by all lanes)."""
+    def published(self, mid: int, refusal: str | None = None) -> None:
+        """The broker acknowledged reply ``mid`` (on the reply connection, shared by all
+        lanes), or refused it for the reason ``refusal``."""
         for lane in self:
-            if lane.ledger.published(mid):
+            if lane.ledger.published(mid, refusal):
                 return
 
     def replies_connected(self) -> None:

@@ -67,7 +67,7 @@ class BrokerLink:
         config: MqttConfig,
         subscriptions: list[Subscription],
         on_message: Callable[[Inbound, int], None],
-        on_published: Callable[[int], None],
+        on_published: Callable[[int, str | None], None],
         *,
         max_in_flight: int = 256,
         max_payload: int | None = None,

@@ -14,8 +14,10 @@ here with its reason:
   object with its own Condition and RLock): nothing waits for it;
 * a QoS 0 or 1 PUBLISH is decoded straight into an Inbound (bridge.packets): no
   ``MQTTMessage``, no validating ``Properties``, no per-topic callback matching;
-* a successful PUBACK is reported by packet id alone, without the reason code and property
-  objects paho builds for it;
+* a PUBACK is reported by packet id and, for a refusal, its reason as text, without the
+  reason code and property objects paho builds (paho also raises on a code not valid for a
+  PUBACK, such as mosquitto 2.0's 0x95 for a message over its size limit, and drops the
+  connection, resending the refused message after each reconnect);
 * a PUBREL for a QoS 2 message paho already delivered is reported (with manual acks paho
   ignores it, and unanswered it would stay in flight for ever);
 * a callback that raises is logged with its traceback: paho only hands it to a logger the
@@ -44,6 +46,10 @@ ERR_NO_CONN = paho.MQTT_ERR_NO_CONN
 CLEAN_START_FIRST_ONLY = paho.MQTT_CLEAN_START_FIRST_ONLY
 error_string = paho.error_string
 _PUBLISH, _PUBACK, _DISCONNECT = 0x30, 0x40, 0xE0
+# PUBACK reason codes >= 0x80 (MQTT v5 3.4.2.1), and 0x95 that mosquitto 2.0 sends.
+_REFUSALS = {0x80: "Unspecified error", 0x83: "Implementation specific error", 0x87: "Not authorized",
+             0x90: "Topic Name invalid", 0x91: "Packet Identifier in use", 0x95: "Packet too large",
+             0x97: "Quota exceeded", 0x99: "Payload format invalid"}
 
 log = logging.getLogger("bridge.transport")
 
@@ -89,7 +95,8 @@ class Client(paho.Client):
 
     on_stale_pubrel: Callable[[int], None] | None = None
     on_inbound: Callable[[Inbound], None] | None = None  # QoS 0/1 messages, decoded here
-    on_acked: Callable[[int], None] | None = None  # a QoS 1 publish the broker acknowledged
+    # A QoS 1 publish the broker acknowledged: (mid, None), or refused: (mid, the reason).
+    on_acked: Callable[[int, str | None], None] | None = None
     prepared_socket: socket.socket | None = None
     version = 5
 
@@ -182,15 +189,18 @@ class Client(paho.Client):
 
     def _handle_pubackcomp(self, cmd: Any) -> paho.MQTTErrorCode:
         packet = self._in_packet["packet"]
-        if cmd != "PUBACK" or (len(packet) > 2 and packet[2] >= 0x80) or self.on_acked is None:
-            return super()._handle_pubackcomp(cmd)  # a refusal, or PUBCOMP: paho's own way
+        if cmd != "PUBACK" or len(packet) < 2 or self.on_acked is None:
+            return super()._handle_pubackcomp(cmd)  # PUBCOMP, or malformed: paho's own way
         mid = int.from_bytes(packet[:2], "big")
+        refusal = None
+        if len(packet) > 2 and packet[2] >= 0x80:
+            refusal = f"{_REFUSALS.get(packet[2], 'refused')} (0x{packet[2]:02X})"
         message = self._out_messages.pop(mid, None)
         if message is None:
             return paho.MQTT_ERR_SUCCESS
-        message.info._set_as_published()  # noqa: SLF001
+        message.info._set_as_published()  # noqa: SLF001  (answered either way: never resent)
         self._inflight_messages -= 1
-        self.on_acked(mid)
+        self.on_acked(mid, refusal)
         if self._max_inflight_messages > 0:
             return self._update_inflight()
         return paho.MQTT_ERR_SUCCESS

@@ -50,7 +50,7 @@ class Connection:
         protocol: ProtocolChoice,
         subscriptions: list[Subscription] | None = None,
         on_message: Callable[[Inbound], None] | None = None,
-        on_published: Callable[[int], None] | None = None,
+        on_published: Callable[[int, str | None], None] | None = None,
         on_connect: Callable[[bool, int | None], None] | None = None,
         on_subscribed: Callable[[list[Subscription]], None] | None = None,
         on_read_done: Callable[[], None] | None = None,
@@ -274,9 +274,11 @@ class Connection:
             if msg.qos:
                 self._client.ack(msg.mid, msg.qos)
 
-    def _on_publish(self, _c: mqttclient.Client, _u: Any, mid: int, _r: Any, _p: Any) -> None:
+    def _on_publish(self, _c: mqttclient.Client, _u: Any, mid: int, reason: Any, _p: Any) -> None:
+        """A QoS 2 reply completed or refused (PUBREC or PUBCOMP with a failure code)."""
         if self._published is not None:
-            self._published(mid)
+            failed = getattr(reason, "is_failure", False)
+            self._published(mid, f"{reason} (0x{reason.value:02X})" if failed else None)
 
     # -- the socket on the event loop (bridge.pump) -------------------------------------------
     def _on_socket_open(self, _c: mqttclient.Client, _u: Any, sock: Any) -> None:

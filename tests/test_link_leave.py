@@ -12,7 +12,7 @@ from bridge.message import Inbound, Subscription
 
 def _link(subscriptions: list[Subscription], delivered: list[Inbound], client_id: str = "gw-1") -> BrokerLink:
     return BrokerLink(MqttConfig(client_id=client_id), subscriptions, on_message=lambda m, _i: delivered.append(m),
-                      on_published=lambda _mid: None)
+                      on_published=lambda _mid, _why: None)
 
 
 def test_leave_markers_are_never_requests():

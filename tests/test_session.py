@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from tests.support.broker import free_port
+from tests.support.broker import Broker, free_port
 from tests.support.certs import make_pki
-from tests.support.clients import rr
+from tests.support.clients import pub, rr
 from tests.support.load import clashing_bridges, take_over, unfinished_in_session
 from tests.support.waiting import wait_for
 
@@ -161,6 +161,39 @@ def test_a_bug_in_handling_a_lost_connection_is_logged_and_the_bridge_reconnects
     log = bridge.log()
     assert "Caught exception in on_disconnect" in log and "RuntimeError: injected fault" in log, log
     assert rr(broker.port, f"{topic_prefix}/x", "still serving", wait=5)["status_code"] == 200
+
+
+@pytest.mark.parametrize("refusal", ["not_authorized", "too_large"])
+def test_a_reply_the_broker_refuses_is_logged_and_its_request_acknowledged(make_bridge, tmp_path, topic_prefix,
+                                                                           refusal):
+    """A reply the broker will not take (an ACL without write access to the response topic,
+    a reply over mosquitto's message_size_limit) is a WARNING naming the reason; its request is
+    acknowledged (sent again, the reply would be refused again) and the bridge serves on.
+    Refusals were silent; mosquitto 2.0's 0x95 for a too large message made the reply
+    connection reconnect for ever, resending the reply each time."""
+    t = topic_prefix
+    if refusal == "not_authorized":
+        acl = tmp_path / "acl"
+        acl.write_text(f"topic readwrite {t}/#\ntopic read replies/#\ntopic readwrite ok/#\n"
+                       "topic readwrite iot-bridge/#\n")
+        extra, body, reasons = f"acl_file {acl}\n", "hi", ["Not authorized (0x87)"]
+    else:  # the request fits, its JSON reply does not
+        extra, body, reasons = "message_size_limit 4000\n", "x" * 3900, ["Packet too large (0x95)", "Quota exceeded (0x97)"]
+    broker = Broker(tmp_path / "refusing", extra=extra).start()
+    try:
+        bridge = make_bridge(_route(t), on=broker, replies={"allowed_topics": ["replies/#", "ok/#"]})
+        pub(broker.port, f"{t}/x", body, props=[("publish", "response-topic", f"replies/{t}/1")])
+        said = f"the broker refused the reply to a request on {t}/x: "
+        bridge.wait_for_log(said, 10)
+        line = next(line for line in bridge.log().splitlines() if said in line)
+        assert "WARNING" in line and any(line.endswith(f"{r}; the request is acknowledged without a reply")
+                                         for r in reasons), line
+        assert rr(broker.port, f"{t}/x", "small", response_topic=f"ok/{t}/2", wait=5)["status_code"] == 200
+        assert bridge.log().count("replies connection: connected to") == 1  # never dropped
+        assert bridge.stop() == 0
+        assert unfinished_in_session(broker.port, bridge.config["mqtt"]["client_id"], f"{t}/x") == []
+    finally:
+        broker.stop()
 
 
 def test_a_lower_qos_granted_than_the_route_asks_is_reported(make_bridge, tmp_path, topic_prefix):

@@ -24,14 +24,14 @@ def _subs(n: int) -> list[Subscription]:
 
 def test_one_route_keeps_the_one_session_it_always_had():
     link = BrokerLink(MqttConfig(client_id="gw"), _subs(1), on_message=lambda m, i: None,
-                      on_published=lambda mid: None, max_in_flight=256)
+                      on_published=lambda mid, why: None, max_in_flight=256)
     assert [c.client_id for c in link.connections] == ["gw", "gw-replies"]
     assert link.sessions[0].connection.subscriptions == _subs(1)
 
 
 def test_each_route_gets_a_session_with_its_own_client_id_and_share_of_the_bound():
     link = BrokerLink(MqttConfig(client_id="gw"), _subs(3), on_message=lambda m, i: None,
-                      on_published=lambda mid: None, max_in_flight=256)
+                      on_published=lambda mid, why: None, max_in_flight=256)
     assert [c.client_id for c in link.connections] == ["gw", "gw-s2", "gw-s3", "gw-replies"]
     assert [s.connection.subscriptions for s in link.sessions] == [[sub] for sub in _subs(3)]
     assert [s._receive_maximum for s in link.sessions] == [86, 85, 85]  # 256 in all
