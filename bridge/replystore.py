@@ -16,6 +16,7 @@ session expiry can no longer match a redelivery and are purged at start.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import sqlite3
 import time
@@ -38,6 +39,15 @@ create table if not exists replies (
     user_properties text not null
 )
 """
+
+
+def _pairs(stored: str) -> list[tuple[str, str]]:
+    """User properties as saved: a JSON list of pairs, or (rows of earlier versions) lines
+    of ``name<TAB>value``."""
+    try:
+        return [(str(k), str(v)) for k, v in json.loads(stored)]
+    except (ValueError, TypeError):
+        return [tuple(line.split("\t", 1)) for line in stored.split("\n") if line]  # type: ignore[misc]
 
 
 def request_key(msg: Inbound) -> str:
@@ -68,7 +78,7 @@ class ReplyStore:
         return bool(self._keys)  # checked per message: a set lookup, no I/O
 
     def save(self, key: str, out: Outbound) -> None:
-        props = "\n".join(f"{k}\t{v}" for k, v in out.user_properties)
+        props = json.dumps(out.user_properties)  # values may hold any character, newlines too
         try:
             self._db.execute(
                 "insert or replace into replies values (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -91,8 +101,7 @@ class ReplyStore:
             self._keys.discard(key)
             return None
         topic, payload, qos, correlation, content_type, props = row
-        pairs = [tuple(line.split("\t", 1)) for line in props.split("\n") if line]
-        return Outbound(topic, bytes(payload), qos, correlation, content_type, pairs)  # type: ignore[arg-type]
+        return Outbound(topic, bytes(payload), qos, correlation, content_type, _pairs(props))
 
     def forget(self, key: str) -> None:
         """The request was acknowledged: its reply is no longer needed."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from bridge.message import Outbound, pack_publish_properties
+from bridge.replystore import ReplyStore
 from tests.support.clients import Sub, pub
 from tests.support.waiting import file_lines
 
@@ -61,3 +63,14 @@ def test_stored_reply_survives_a_bridge_restart(make_bridge, own_broker, topic_p
         sub.close()
     assert json.loads(replies[0].split(" ", 1)[1])["body"] == "kept"
     assert seen.read_text().splitlines() == ["kept"]  # not run again after the restart
+
+
+def test_a_stored_reply_comes_back_as_it_was_stored(tmp_path):
+    """User properties (a "body" reply's headers) may hold newlines and tabs: they once came
+    back split apart, and publishing the reply after the restart failed."""
+    out = Outbound("replies/x", b"body", 1, b"cid", "text/plain",
+                   [("status", "200"), ("X-Note", "line 1\nline 2"), ("X-Tab", "a\tb"), ("X-Empty", "")])
+    ReplyStore(tmp_path / "r.db", 3600).save("k", out)
+    back = ReplyStore(tmp_path / "r.db", 3600).take("k")
+    assert back == out
+    assert pack_publish_properties(back) == pack_publish_properties(out)
