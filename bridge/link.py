@@ -94,7 +94,9 @@ class BrokerLink:
         def session(i: int, subs: list[Subscription]) -> RequestSession:
             return RequestSession(
                 config, i, subs, protocol=self.protocol, deliver=lambda msg: on_message(msg, i),
-                receive_maximum=share(max_in_flight, count if i < count else total, i), max_packet_size=packet_size,
+                # At least 1 (MQTT has no Receive Maximum of 0), as each lane's share (bridge.lanes).
+                receive_maximum=max(share(max_in_flight, count if i < count else total, i), 1),
+                max_packet_size=packet_size,
                 state_dir=state_dir, password=password,
                 lost=on_session_lost and (lambda: on_session_lost(i)),
                 resumed=on_session_resumed and (lambda last_read: on_session_resumed(i, last_read)),

@@ -14,6 +14,7 @@ from bridge.link import BrokerLink
 from bridge.message import Subscription
 from bridge.promises import SessionSubscriptions
 from bridge.sessions import session_client_id, session_count, share, spread
+from tests.support.clients import rr
 from tests.support.load import Collector, Publisher
 from tests.support.waiting import wait_for
 
@@ -66,6 +67,20 @@ def test_a_left_over_filter_another_session_takes_is_kept_until_that_one_holds_i
     subs = SessionSubscriptions([Subscription("t/a", 1)])
     subs.left_over([Subscription("t/a", 1), Subscription("t/b", 1), Subscription("t/gone", 1)], keep={"t/b"})
     assert subs.unsubscribe == {"t/gone"}  # t/b: only once its new session holds it
+
+
+def test_a_restart_with_fewer_sessions_than_the_last_run_left_starts_at_max_in_flight_1(
+        make_bridge, broker, topic_prefix):
+    """A run with two routes (a session each), then a start with one route and
+    ``max_in_flight = 1``: the left-over session still gets a share of at least one (MQTT
+    allows no Receive Maximum of 0), and the bridge serves.  It once failed at every start."""
+    t = topic_prefix
+    bridge = make_bridge([{"topic": f"{t}/{x}", "handler": "inspect_event"} for x in "ab"])
+    assert bridge.stop() == 0
+    bridge.config["routes"] = [{"topic": f"{t}/a", "handler": "inspect_event"}]
+    bridge.config["limits"] = {"max_in_flight": 1}
+    bridge.start()
+    assert rr(broker.port, f"{t}/a", "one", wait=5)["body"]["body"] == "one"
 
 
 def test_a_route_moving_to_a_session_of_its_own_at_a_restart_loses_nothing(make_bridge, broker, topic_prefix,
