@@ -149,8 +149,9 @@ class Client(paho.Client):
         return buf[pos:end] if pos or end < len(buf) else buf
 
     def pending(self) -> bool:
-        """Bytes read from the socket and not yet taken, which the selector cannot see."""
-        if self._rpos < len(self._rbuf):
+        """Bytes read from the socket and not yet taken, or a packet read whole and not yet
+        handled: the selector cannot see either."""
+        if self._rpos < len(self._rbuf) or (self._in_packet["have_remaining"] and not self._in_packet["to_process"]):
             return True
         sock = self._sock
         return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
@@ -166,7 +167,9 @@ class Client(paho.Client):
         # socket is drained; the packet reader does.
         rc = self._packet_read()
         if rc == paho.MQTT_ERR_AGAIN:
-            return False
+            # Also when paho stops after 100 reads into one large packet, with the rest of it
+            # at hand or even complete: read on then.
+            return self.pending()
         if rc != paho.MQTT_ERR_SUCCESS:
             self._loop_rc_handle(rc)
             return False

@@ -92,3 +92,46 @@ def test_v311_publish_decodes_as_paho_decodes_it(topic, payload, qos):
 def test_malformed_packets_raise_value_error_for_pahos_own_decoder_to_judge(packet):
     with pytest.raises((ValueError, IndexError)):
         decode_publish(0x30, packet, v5=True)
+
+
+class _Arrived:
+    """The receiving end of a connection on which ``data`` has arrived whole: ``recv`` hands
+    out what is asked, then raises BlockingIOError as a drained non-blocking socket does."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    def recv(self, size: int) -> bytes:
+        if self.pos >= len(self.data):
+            raise BlockingIOError
+        out = self.data[self.pos:self.pos + size]
+        self.pos += len(out)
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("followed", [False, True])  # by a small request, arrived with it
+def test_a_large_packet_is_delivered_in_the_wake_up_that_brought_it(followed):
+    """paho stops after 100 reads into one packet, and says "again" also when that last read
+    completed it.  The selector then sees nothing more to read: the request (and one that
+    came behind it) once waited for the next packet from the broker, up to a keepalive."""
+    from bridge import mqttclient
+    from bridge.message import pack_publish
+    from bridge.pump import Pump
+
+    topic = b"req/big"
+    remaining = 100 * mqttclient.RECV_CHUNK - 1 - 4  # 1 + 4 header bytes share the first read
+    size = remaining - (2 + len(topic) + 2 + 1)
+    data = pack_publish(topic, b"x" * size, 1, 7, properties=b"\x00")
+    if followed:
+        data += pack_publish(b"req/small", b"y", 1, 8, properties=b"\x00")
+    delivered: list[object] = []
+    client = mqttclient.Client("reader", True)
+    client.on_inbound = delivered.append
+    client._sock = _Arrived(data)
+    pump = Pump(client)
+    pump._reader_on = True
+    pump._read_burst()
+    assert [len(m.payload) for m in delivered] == [size] + ([1] if followed else [])  # type: ignore[attr-defined]
