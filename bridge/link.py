@@ -132,7 +132,10 @@ class BrokerLink:
 
     def _replies_connected(self, _session_present: bool, _cap: int | None) -> None:
         if self._replies_up is not None:
-            self._replies_up()  # replies parked while it was down go out first
+            # Replies parked while it was down go out first, but once paho has resent those
+            # that were in flight at the drop (right after this callback): published from in
+            # here they would go out on top of them, past the broker's Receive Maximum.
+            asyncio.get_running_loop().call_soon(self._replies_up)
 
     async def run(self) -> None:
         """Keep every connection up until :meth:`close`.  The reply connection comes up first,
