@@ -181,8 +181,8 @@ class Client(paho.Client):
 
     def _handle_publish(self) -> paho.MQTTErrorCode:
         header = self._in_packet["command"]
-        if header & 0x06 == 0x04 or self.on_inbound is None:  # QoS 2: paho keeps its state
-            return super()._handle_publish()
+        if header & 0x06 >= 0x04 or self.on_inbound is None:  # QoS 2: paho keeps its state
+            return super()._handle_publish()  # (and "QoS 3", a malformed packet: paho refuses it)
         try:
             msg = decode_publish(header, self._in_packet["packet"], self._v5)
         except (ValueError, IndexError):

@@ -135,3 +135,18 @@ def test_a_large_packet_is_delivered_in_the_wake_up_that_brought_it(followed):
     pump._reader_on = True
     pump._read_burst()
     assert [len(m.payload) for m in delivered] == [size] + ([1] if followed else [])  # type: ignore[attr-defined]
+
+
+def test_a_publish_with_both_qos_bits_set_is_a_protocol_error_not_a_request():
+    """MQTT 5 3.3.1.2: such a PUBLISH is malformed; the connection is dropped, as paho does."""
+    from paho.mqtt.client import MQTT_ERR_PROTOCOL
+
+    from bridge import mqttclient
+
+    delivered: list[object] = []
+    client = mqttclient.Client("reader", True)
+    client.on_inbound = delivered.append
+    client._in_packet["command"] = 0x36
+    client._in_packet["packet"] = bytearray(_packet_bytes("req/x", 7, 1, Properties(PacketTypes.PUBLISH), b"hi"))
+    assert client._handle_publish() == MQTT_ERR_PROTOCOL
+    assert delivered == []
