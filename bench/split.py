@@ -32,12 +32,14 @@ sys.path.insert(0, str(ROOT))
 from tests.support.broker import Broker  # noqa: E402
 
 
-def measure(broker: Broker, workdir: Path, tree: str | None, args: argparse.Namespace) -> tuple[float, float, float]:
-    """One run: (msgs/s, daemon µs per reply, workers µs per reply)."""
+def measure(broker: Broker, workdir: Path, tree: str | None, args: argparse.Namespace,
+            name: str) -> tuple[float, float, float]:
+    """One run: (msgs/s, daemon µs per reply, workers µs per reply).  ``name`` is the bridge's
+    own (its client id and state): each run starts on a fresh session."""
     if args.server == "bridge":
         exe = venv_bin("iot-bridge")
         assert exe is not None, "no .venv/bin/iot-bridge: run `make test` or `make run` once"
-        srv = srv_kinds.bridge(workdir, broker.port, args.qos, exe, mode=args.mode)
+        srv = srv_kinds.bridge(workdir, broker.port, args.qos, exe, mode=args.mode, name=name)
     else:
         srv = srv_kinds.raw(workdir, broker.port, args.qos, through_process=args.server == "raw-process")
     env = os.environ.copy()
@@ -78,7 +80,7 @@ def main() -> None:
             for run in range(args.repeat):
                 order = list(trees) if run % 2 == 0 else list(reversed(trees))
                 for name in order:
-                    rate, daemon, workers = measure(broker, Path(tmp), trees[name], args)
+                    rate, daemon, workers = measure(broker, Path(tmp), trees[name], args, f"split-{name}-{run}")
                     figures[name].append((rate, daemon, workers))
                     print(f"run {run + 1} {name:<8} {rate:8.0f} msgs/s  daemon {daemon:6.1f} µs  workers {workers:6.1f} µs",
                           flush=True)
