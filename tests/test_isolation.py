@@ -15,6 +15,7 @@ import time
 
 from tests.support.load import Requester, at_once, figures, p50, proc_memory
 from tests.support.waiting import file_lines, wait_for
+from tests.support.web import samples, value
 
 
 def _children(pid: int) -> list[int]:
@@ -124,6 +125,80 @@ def test_runaway_calls_are_stopped_and_never_pile_up(make_bridge, broker, topic_
     # Each spinning worker was killed: no more processes than configured remain.
     wait_for(lambda: len(_children(bridge.proc.pid)) == processes, 10, f"{processes} workers")
     assert bridge.log().count("is replaced: a call to deadly outlived its timeout") == 3 * processes
+
+
+def _ask(port: int, topic: str, bodies: list[str], wait: float = 15) -> list[dict]:
+    """``mosquitto_rr`` each body at the same time; the replies in the order of ``bodies``."""
+    replies: list[dict] = [{}] * len(bodies)
+
+    def one(i: int) -> None:
+        replies[i] = rr(port, topic, bodies[i], wait=wait)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(bodies))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(wait + 10)
+    return replies
+
+
+def test_runaway_calls_sharing_one_worker_are_stopped(make_bridge, broker, topic_prefix):
+    """Three calls spinning at once on the only worker: each is answered 504, and the worker
+    is killed and replaced.  It was left spinning once the second call on it timed out."""
+    t = topic_prefix
+    bridge = make_bridge([{"topic": f"{t}/deadly", "handler": "deadly", "timeout": 1, "concurrency": 3}],
+                         workers={"processes": 1})
+    first = _children(bridge.proc.pid)
+    assert [r["status_code"] for r in _ask(broker.port, f"{t}/deadly", ["spin"] * 3)] == [504] * 3
+    wait_for(lambda: (kids := _children(bridge.proc.pid)) and not set(kids) & set(first), 10,
+             "the spinning worker gone, a new one in its place")
+    assert rr(broker.port, f"{t}/deadly", "fine")["status_code"] == 200
+
+
+def test_a_call_running_away_through_a_reload_is_stopped(make_bridge, broker, topic_prefix, tmp_path):
+    """A call spinning when SIGHUP replaces the workers: the old worker finishes its calls
+    gracefully, but this one only ends at its timeout (504), and then the worker is killed.
+    It was left spinning for good."""
+    t = topic_prefix
+    seen = tmp_path / "seen.txt"
+    bridge = make_bridge([{"topic": f"{t}/deadly", "handler": "deadly", "timeout": 2}], workers={"processes": 1})
+    old = _children(bridge.proc.pid)
+    replies: list[dict] = []
+    asking = threading.Thread(target=lambda: replies.append(
+        rr(broker.port, f"{t}/deadly", "spin", props=[("publish", "user-property", "query", f"file={seen}")])))
+    asking.start()
+    file_lines(seen, 1)  # spinning
+    bridge.signal(signal.SIGHUP)
+    bridge.wait_for_log("reload", 10)
+    asking.join(20)
+    assert replies and replies[0]["status_code"] == 504
+    wait_for(lambda: not set(_children(bridge.proc.pid)) & set(old), 10, "the old worker gone")
+    assert rr(broker.port, f"{t}/deadly", "fine")["status_code"] == 200
+
+
+def test_a_call_waiting_for_a_worker_that_dies_runs_on_another(make_bridge, broker, topic_prefix, tmp_path):
+    """A worker dies mid-call while another request of the route waits for the concurrency
+    slot: that request runs at once on the other worker.  It was once sent to the dead
+    worker and answered 504 at its timeout without running."""
+    t = topic_prefix
+    seen = tmp_path / "seen.txt"
+    bridge = make_bridge([{"topic": f"{t}/deadly", "handler": "deadly", "timeout": 8, "concurrency": 1}],
+                         workers={"processes": 2})
+    query = [("publish", "user-property", "query", f"file={seen}")]
+    replies: list[dict] = []
+    dying = threading.Thread(target=lambda: replies.append(rr(broker.port, f"{t}/deadly", "sleep:1", props=query)))
+    dying.start()
+    file_lines(seen, 1)
+    pid = int(seen.read_text().split()[1])
+    started = time.monotonic()
+    waiting = threading.Thread(target=lambda: replies.append(rr(broker.port, f"{t}/deadly", "fine", props=query)))
+    waiting.start()
+    wait_for(lambda: value(samples(bridge.http_url), "iot_bridge_in_flight") == 2, 5, "the second request waiting")
+    os.kill(pid, signal.SIGKILL)
+    dying.join(20)
+    waiting.join(20)
+    assert sorted(r["status_code"] for r in replies) == [200, 500], replies
+    assert time.monotonic() - started < 6  # not at its 8 s timeout
 
 
 def test_an_async_function_blocking_its_loop_does_not_slow_other_routes(make_bridge, broker, topic_prefix, tmp_path):

@@ -152,21 +152,24 @@ class ProcessExecutor(ExecutorBase):
             log.warning("worker %s (pid %d) is replaced: a call to %s outlived its timeout",
                         worker.name, worker.pid, job.route.config.handler)
         self._retire(worker, graceful=False)
+        if not worker.calls:
+            # Also when it was retiring already (a reload, a blocked loop, another call that
+            # timed out on it): nothing else runs there, and this call may run for ever.
+            worker.kill()
 
     # -- frames and ends ----------------------------------------------------------------------
     def _frame(self, worker: WorkerProcess, item: tuple[Any, ...]) -> None:
         kind = item[0]
         if kind == "result" and len(item) == 3:
             job = worker.calls.pop(item[1], None)
-            if job is None:
-                return  # answered already (timed out)
-            job.call = None
-            try:
-                response = wire.unpack_response(item[2])
-            except wire.WireError as exc:
-                response = error_body(500, f"function {job.route.config.handler} returned a result the bridge "
-                                           f"could not read: {exc}")
-            self._on_result(job, response)
+            if job is not None:  # else answered already (it timed out)
+                job.call = None
+                try:
+                    response = wire.unpack_response(item[2])
+                except wire.WireError as exc:
+                    response = error_body(500, f"function {job.route.config.handler} returned a result the bridge "
+                                               f"could not read: {exc}")
+                self._on_result(job, response)
             if worker.state == "retiring" and not worker.calls:
                 worker.kill()
         elif kind == "loading" and len(item) == 2:
@@ -199,6 +202,9 @@ class ProcessExecutor(ExecutorBase):
         gen: Generation = worker.generation  # type: ignore[attr-defined]
         calls, worker.calls = worker.calls, {}
         was = worker.state
+        # Before its calls are answered: each answer may start a waiting call, which must not
+        # be sent here (it would be lost with the socket and answered 504 at its timeout).
+        worker.state = "gone"
         for job in calls.values():
             job.call = None
             spec = job.route.config.handler
