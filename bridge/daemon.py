@@ -116,7 +116,13 @@ class Bridge:
         store = secretstore.current()
         if store is None or not store.exists(name):
             raise ConfigError(f"{key}: no secret named {name!r}", key=key)
-        return store.get(name)
+        try:
+            value = store.read(name)
+        except secretstore.SecretError as exc:
+            raise ConfigError(f"{key}: {exc}", key=key) from None
+        if not value.strip():  # an empty bearer token would let anyone in
+            raise ConfigError(f"{key}: the secret {name!r} is empty", key=key)
+        return value
 
     def request_reload(self) -> None:
         """SIGHUP: reload in the background; the event loop keeps serving meanwhile."""

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 
+import pytest
 import requests
 
 from tests.conftest import EXAMPLES
@@ -193,6 +194,18 @@ def test_listening_off_loopback_without_a_token_exits_2_naming_the_key(tmp_path)
     missing = _run_exit(f'[http]\nlisten = "0.0.0.0:{free_port()}"\ntoken_secret = "nope"\n'
                         f'[secrets]\ndir = "{tmp_path}"\n', tmp_path)
     assert missing.returncode == 2 and "http.token_secret: no secret named 'nope'" in missing.stderr
+
+
+@pytest.mark.parametrize("content, why", [(b"", "is empty"), (b"\n", "is empty"),
+                                          (b"\xff\xfe", "cannot be read: UnicodeDecodeError")])
+def test_an_empty_or_unreadable_token_secret_exits_2_naming_the_key(tmp_path, content, why):
+    """Such a token was once taken as "": an empty ``Authorization: Bearer`` got in."""
+    (tmp_path / "http-token").write_bytes(content)
+    (tmp_path / "http-token").chmod(0o600)
+    out = _run_exit(f'[http]\nlisten = "0.0.0.0:{free_port()}"\ntoken_secret = "http-token"\n'
+                    f'[secrets]\ndir = "{tmp_path}"\n', tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert "http.token_secret: " in out.stderr and why in out.stderr, out.stderr
 
 
 def test_metrics_count_what_was_sent(make_bridge, broker, topic_prefix):
