@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import requests
+
 from tests.support.clients import Sub, pub, rr
 
 HTML = "text/html; charset=utf-8"
@@ -46,3 +48,29 @@ def test_reply_format_body_carries_the_templates_bytes_and_content_type(make_bri
     # Flask's JSON: sorted keys, compact, a newline at the end (the empty second line).
     assert lines == ["application/json|status:200|" + '[1,{"a":1,"b":2}]', "",
                      HTML + "|status:200|" + json.dumps({"temperature": 27})]
+
+
+def test_odd_but_valid_result_types_are_answered_and_the_worker_lives_on(make_bridge, broker, topic_prefix):
+    """A header of a str subclass and an HTTPStatus status are plain values to the user.  The
+    worker's result frame once carried the subclass, which the daemon refuses: the worker was
+    killed, and every call on it answered 500 "killed by signal 9"."""
+    t = topic_prefix
+    bridge = make_bridge([{"topic": f"{t}/odd", "handler": "faas_odd"}], workers={"processes": 1})
+    reply = rr(broker.port, f"{t}/odd", "strsub")
+    assert (reply["status_code"], reply["headers"].get("X-Trace"), reply["body"]) == (200, "1", "hello"), reply
+    assert rr(broker.port, f"{t}/odd", "created")["status_code"] == 201
+    assert rr(broker.port, f"{t}/odd", "again")["body"] == "plain"
+    assert "killed by signal" not in bridge.log() and "could not read" not in bridge.log()
+
+
+def test_a_werkzeug_response_with_a_status_http_cannot_answer_gets_a_clear_error(make_bridge, broker, topic_prefix):
+    """Its status is checked as a returned one is: 101 would leave an HTTP caller waiting, 0
+    is no status, and each new number was once a new metrics series."""
+    t = topic_prefix
+    bridge = make_bridge([{"topic": f"{t}/odd", "handler": "faas_odd"}])
+    for code in (101, 0, 123456):
+        reply = rr(broker.port, f"{t}/odd", f"status:{code}")
+        assert reply["status_code"] == 500, reply
+        assert f"invalid status {code}" in reply["body"]["error"]["message"], reply
+    assert rr(broker.port, f"{t}/odd", "status:202")["status_code"] == 202
+    assert 'status="123456"' not in requests.get(bridge.http_url + "/metrics", timeout=10).text

@@ -157,7 +157,9 @@ def openfaas_response(result: Any) -> Response:
                               "list, tuple, iterator, werkzeug Response or None")
         if headers:
             _merge_headers(merged, headers, replace=True)
-    return _response(_status(status) if status is not None else code, merged, raw, is_json)
+    # A werkzeug Response's own status is checked as a given one is (101 would hang an HTTP
+    # client; any number would make a metrics series of its own).
+    return _response(_status(status if status is not None else code), merged, raw, is_json)
 
 
 def _response(code: int, headers: Headers, raw: bytes, is_json: bool = False,
