@@ -312,3 +312,11 @@ def test_header_map_joins_repeated_names():
 def test_response_defaults():
     resp = Response()
     assert (resp.status, resp.headers, resp.body, resp.content_type, resp.data) == (200, [], b"", TEXT_TYPE, None)
+
+
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), -float("inf")])
+def test_a_body_with_nan_or_infinity_is_a_clear_error_not_invalid_json(number):
+    """JSON has no NaN or Infinity: json.dumps writes them anyway, and the reply document
+    would not parse (JSON.parse and other strict readers refuse it)."""
+    with pytest.raises(ResultError, match="body is not JSON-serialisable"):
+        normalise({"body": {"value": number}})

@@ -313,3 +313,9 @@ def test_event_is_a_plain_object_that_pickles_and_checks_headers_when_read():
     bad = Event(b"x", headers=[("X-A", "a\nb")])
     with pytest.raises(ValueError):
         bad.headers.get("X-A")
+
+
+@pytest.mark.parametrize("number", [float("nan"), float("inf")])
+def test_a_json_body_with_nan_or_infinity_is_a_clear_error_not_invalid_json(number):
+    with pytest.raises(ResultError, match="body is not JSON-serialisable"):
+        openfaas_response([{"value": number}])  # a list body is JSON, as Flask answers it

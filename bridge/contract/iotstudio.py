@@ -59,7 +59,8 @@ def normalise(result: Any) -> Response:
         raw, content_type = b"", TEXT_TYPE
     elif isinstance(body, dict):
         try:
-            raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+            # allow_nan=False: NaN and Infinity are not JSON, and would break the whole reply.
+            raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
         except (TypeError, ValueError) as exc:
             raise ResultError(f"body is not JSON-serialisable: {exc}") from exc
         is_json, content_type = True, JSON_TYPE

@@ -82,7 +82,7 @@ def _json_response(value: Any) -> bytes:
     """Flask's JSON response body: sorted keys, ASCII, compact, a final newline."""
     try:
         text = json.dumps(value, default=_json_default, ensure_ascii=True, sort_keys=True,
-                          separators=(",", ":"))
+                          separators=(",", ":"), allow_nan=False)  # NaN is not JSON: the reply would break
     except (TypeError, ValueError) as exc:
         raise ResultError(f"body is not JSON-serialisable: {exc}") from exc
     return (text + "\n").encode()
