@@ -159,6 +159,23 @@ def test_async_invoke_callback_is_retried_until_the_server_is_up(make_bridge, to
     assert value(samples(bridge.http_url), "iot_bridge_callbacks_total", outcome="delivered") == 1
 
 
+def test_a_functions_framing_headers_never_reach_http_and_bad_names_are_a_clear_error(make_bridge, topic_prefix):
+    """Content-Length, Transfer-Encoding and Connection are the server's: a function's own
+    (here a Content-Length of 3 for 11 bytes) once cut the body short and corrupted the next
+    response on the connection.  A name HTTP cannot carry is a 500 naming it."""
+    bridge = make_bridge([{"topic": f"{topic_prefix}/h", "handler": "http_headers"}])
+    with requests.Session() as session:  # one kept-alive connection
+        first = session.post(f"{bridge.http_url}/invoke/http_headers", data="framing", timeout=10)
+        assert (first.status_code, first.text, first.headers["X-Kept"]) == (200, "hello world", "yes")
+        assert "Transfer-Encoding" not in first.headers and first.headers["Content-Length"] == "11"
+        second = session.post(f"{bridge.http_url}/invoke/http_headers", data="plain", timeout=10)
+        assert (second.status_code, second.text) == (200, "hello world")
+        for what, name in (("space", "Bad Header"), ("empty", "")):
+            bad = session.post(f"{bridge.http_url}/invoke/http_headers", data=what, timeout=10)
+            assert bad.status_code == 500
+            assert bad.json()["error"]["message"] == f"reply could not be encoded: header {name!r} cannot be sent over HTTP"
+
+
 def test_a_token_is_required_when_token_secret_is_set(make_bridge, topic_prefix, tmp_path):
     secrets = tmp_path / "secrets"
     secrets.mkdir(mode=0o700)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import re
 import uuid
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -25,17 +26,23 @@ if TYPE_CHECKING:
     from .server import BridgeView, HttpServer
 
 INVOKED = ("X-Invoked", "true")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a header name (RFC 9110 5.1)
+# How the message is framed and the connection kept: the server's business, never a function's
+# (a Content-Length of its own would cut the body short, or run into the next response).
+_FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te", "trailer",
+                      "proxy-connection"})
 
 
 def to_http(resp: Response) -> web.Response:
     """The HTTP response for a function's Response (an error object if a header is unusable)."""
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in [*resp.headers, ("Content-Type", resp.content_type)]:
-        bad = next((c for c in name + value if c in "\r\n\0"), None) or (":" in name) or not name.isascii()
+        bad = next((c for c in value if c in "\r\n\0"), None) or not _TOKEN.fullmatch(name)
         if bad or not value.isascii():
             problem = f"header {name[:64]!r} cannot be sent over HTTP"
             return to_http(error_body(500, f"reply could not be encoded: {problem}"))
-        headers.add(name, value)
+        if name.lower() not in _FRAMING:
+            headers.add(name, value)
     headers.add(*INVOKED)
     return web.Response(status=resp.status, body=resp.body, headers=headers)
 
