@@ -176,6 +176,24 @@ def test_a_functions_framing_headers_never_reach_http_and_bad_names_are_a_clear_
             assert bad.json()["error"]["message"] == f"reply could not be encoded: header {name!r} cannot be sent over HTTP"
 
 
+def test_an_unusable_callback_url_is_refused_and_its_query_never_logged(make_bridge, topic_prefix):
+    """A port that is no number or out of range, a broken IPv6 host: 400 at once.  They were
+    accepted (202), and the failed delivery logged a traceback quoting the whole URL, token
+    in the query included."""
+    bridge = make_bridge([{"topic": f"{topic_prefix}/echo", "handler": "echo"}], handlers_dir=EXAMPLES,
+                         http={"callback_attempts": 1})
+    url = f"{bridge.http_url}/async-invoke/echo"
+    for callback in ("http://127.0.0.1:abc/cb?token=SECRET", "http://127.0.0.1:99999/cb?token=SECRET",
+                     "http://[::1/cb?token=SECRET"):
+        refused = requests.post(url, data="hi", headers={"X-Callback-Url": callback}, timeout=10)
+        assert refused.status_code == 400, callback
+        assert refused.json()["error"]["message"] == "X-Callback-Url must be an http:// or https:// URL"
+    nobody = f"http://127.0.0.1:{free_port()}/cb?token=SECRET"  # valid, but nothing listens there
+    assert requests.post(url, data="hi", headers={"X-Callback-Url": nobody}, timeout=10).status_code == 202
+    bridge.wait_for_log("not delivered", 20)
+    assert "SECRET" not in bridge.log() and "Traceback" not in bridge.log(), bridge.log()
+
+
 def test_a_token_is_required_when_token_secret_is_set(make_bridge, topic_prefix, tmp_path):
     secrets = tmp_path / "secrets"
     secrets.mkdir(mode=0o700)

@@ -29,10 +29,12 @@ log = logging.getLogger("bridge.http")
 
 def loggable(url: str) -> str:
     """``url`` without its query, fragment and credentials."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<an invalid URL>"
+    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
 
 
 class Callbacks:
@@ -76,6 +78,10 @@ class Callbacks:
             self._count("failed")
             log.error("callback %s for %s not delivered: %s", loggable(url), call_id, _reason(exc))
             return
+        except Exception as exc:  # e.g. a URL the client refuses: its message would quote the query
+            self._count("failed")
+            log.error("callback %s for %s not delivered: %s", loggable(url), call_id, type(exc).__name__)
+            return
         if 200 <= status < 300:
             self._count("delivered")
             log.info("callback %s for %s delivered (%d)", loggable(url), call_id, status)
@@ -107,4 +113,10 @@ class Callbacks:
 
 
 def _reason(exc: BaseException | None) -> str:
-    return f"{type(exc).__name__}: {exc}" if exc is not None else "unknown error"
+    """Why a delivery failed, never quoting the URL (its query may hold a token): connection
+    errors name only host and port; the text of others (InvalidURL...) may hold the URL."""
+    if exc is None:
+        return "unknown error"
+    if isinstance(exc, aiohttp.ClientConnectionError):
+        return f"{type(exc).__name__}: {exc}"
+    return type(exc).__name__

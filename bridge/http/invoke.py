@@ -116,7 +116,11 @@ async def async_invoke(request: web.Request) -> web.Response:
     server: HttpServer = request.app["server"]
     callback = request.headers.get("X-Callback-Url")
     if callback is not None:
-        parts = urlsplit(callback)
+        try:
+            parts = urlsplit(callback)
+            parts.port  # noqa: B018  (raises ValueError for a port that is no number, or out of range)
+        except ValueError:
+            return _refusal(400, "X-Callback-Url must be an http:// or https:// URL")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             return _refusal(400, "X-Callback-Url must be an http:// or https:// URL")
     prepared = await _prepare(request)
