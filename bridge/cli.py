@@ -51,6 +51,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         # uvloop: the same asyncio API at about a tenth less CPU per message for the daemon.
         # Functions' own async code runs on standard asyncio loops (bridge.workers.local).
         code = uvloop.run(bridge.run())
+    except ConfigError as exc:  # found only once used (e.g. certificates that do not load)
+        logging.getLogger("bridge").error("%s", exc)
+        code = 2
     except BridgeError as exc:
         logging.getLogger("bridge").error("%s", exc)
         code = 1

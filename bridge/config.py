@@ -79,7 +79,7 @@ class MqttConfig(_Model):
     # "auto": MQTT 5, or 3.1.1 when the broker refuses 5; 5 = MQTT v5 only, 4 = MQTT v3.1.1 only
     protocol: Literal["auto", 5, 4] = "auto"
     keepalive: Annotated[int, Field(ge=5, le=65535)] = 60
-    session_expiry: Annotated[int, Field(ge=0)] = 86400
+    session_expiry: Annotated[int, Field(ge=0, le=0xFFFFFFFF)] = 86400  # MQTT's four-byte interval
     username: str | None = None
     password_secret: str | None = None  # name of the secret holding the password
     tls: TlsConfig | None = None

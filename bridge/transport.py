@@ -25,7 +25,7 @@ from typing import Any, Callable
 from . import mqttclient
 from .config import MqttConfig
 from .connecting import REFUSED, Backoff, ClashWatch, ProtocolChoice, keep_connected
-from .errors import TransportError
+from .errors import ConfigError
 from .message import Inbound, Outbound, Subscription
 from .promises import SessionSubscriptions
 from .pump import Pump
@@ -106,7 +106,7 @@ class Connection:
                     cert_reqs=ssl.CERT_REQUIRED,
                 )
             except (OSError, ssl.SSLError, ValueError) as exc:
-                raise TransportError(f"mqtt.tls: cannot load certificates: {exc}") from exc
+                raise ConfigError(f"mqtt.tls: cannot load certificates: {exc}", key="mqtt.tls") from exc
             client.tls_insecure_set(c.tls.insecure)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

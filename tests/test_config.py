@@ -80,6 +80,7 @@ def test_valid_reply_topic_templates(template):
         ({"mqtt": {"port": 0}}, "mqtt.port"),
         ({"mqtt": {"port": 65536}}, "mqtt.port"),
         ({"mqtt": {"protocol": 3}}, "mqtt.protocol"),
+        ({"mqtt": {"session_expiry": 2**32}}, "mqtt.session_expiry"),  # MQTT's interval has four bytes
         ({"mqtt": {"tls": {"insecure": "maybe"}}}, "mqtt.tls.insecure"),
         ({"routes": "sensors/#"}, "routes"),
         ({"routes": [_route(), _route(qos=3)]}, "routes[1].qos"),

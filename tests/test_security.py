@@ -10,6 +10,7 @@ waits, and the bridge must still be running and retrying afterwards.
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -294,3 +295,16 @@ def test_a_readable_password_secret_is_warned_about_and_still_used(
     assert f"secret file {directory / PASSWORD_SECRET} is readable by group and others" in log
     assert "chmod 600" in log
     assert PASSWORD not in log
+
+
+def test_tls_certificates_that_cannot_be_loaded_exit_2_naming_the_key(tmp_path):
+    """A missing CA file is a configuration error: exit 2 (the unit's
+    RestartPreventExitStatus), not 1, which systemd would restart every 5 s for ever."""
+    config = tmp_path / "bridge.toml"
+    config.write_text(f'handlers_dir = "{tmp_path}"\n[mqtt]\nport = {free_port()}\n'
+                      f'[mqtt.tls]\nca_file = "{tmp_path / "missing-ca.pem"}"\n[http]\nlisten = ""\n'
+                      f'[replies]\nstore = "{tmp_path / "state" / "replies.db"}"\n')
+    out = subprocess.run([sys.executable, "-m", "bridge.cli", "run", "--config", str(config)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert "mqtt.tls: cannot load certificates" in out.stderr
