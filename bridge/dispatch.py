@@ -60,6 +60,7 @@ class Route:
     config: RouteConfig
     function: FunctionInfo | Unavailable | None
     active: int = 0
+    starting: bool = False  # its waiting calls are being started (see Dispatcher._release)
     pending: deque["Job"] = field(default_factory=deque)
     stats: RouteStats = None  # type: ignore[assignment]  (set by the dispatcher)
 
@@ -259,8 +260,14 @@ class Dispatcher:
         job.running = False
         route = job.route
         route.active -= 1
-        while route.pending and route.active < route.config.concurrency:
-            self._start(route.pending.popleft())
+        if route.starting:
+            return  # a call refused as it started (thread mode, all threads stuck): the loop below goes on
+        route.starting = True
+        try:  # a loop, not recursion: hundreds may wait, and each refusal releases its slot at once
+            while route.pending and route.active < route.config.concurrency:
+                self._start(route.pending.popleft())
+        finally:
+            route.starting = False
 
     def _expire(self, job: Job) -> None:
         if job.done:

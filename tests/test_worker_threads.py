@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import Counter
 
-from tests.support.load import Requester, at_once
+from tests.support.load import Collector, Requester, at_once, bulk_publish
 from tests.support.waiting import wait_for
 
 
@@ -54,3 +55,21 @@ def test_a_fast_call_is_answered_while_a_slow_one_runs_in_the_same_worker(make_b
     assert slow_running, "the fast calls were answered only after the slow one"
     assert json.loads(slow[0])["status_code"] == 200
     assert len({b["pid"] for b in fast}) == 1
+
+
+def test_hundreds_of_requests_behind_a_stuck_call_are_all_answered(make_bridge, broker, topic_prefix, tmp_path):
+    """``thread`` mode, concurrency 1: a call stuck past its timeout holds the route's only
+    thread, 300 requests wait behind it.  At the timeout it is answered 504 and each waiting
+    one 503 at once.  Those refusals once started the next waiting call from inside the last
+    (one level of recursion each): past ~200 Python's limit was hit and none was answered."""
+    t = topic_prefix
+    make_bridge([{"topic": f"{t}/slow", "handler": "slow", "timeout": 1, "concurrency": 1,
+                  "reply_topic": "replies/{topic}"}], workers={"mode": "thread"}, limits={"max_in_flight": 1000})
+    replies = Collector(broker.port, f"replies/{t}/slow", f"st-{tmp_path.name}"[:23])
+    try:
+        bulk_publish(broker.port, f"{t}/slow", [b"5"] + [b"0"] * 300)
+        wait_for(lambda: replies.count() >= 301, 30, "301 replies")
+        statuses = Counter(json.loads(p)["status_code"] for p in replies.snapshot())
+    finally:
+        replies.close()
+    assert statuses == {504: 1, 503: 300}, statuses
