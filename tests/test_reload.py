@@ -9,8 +9,9 @@ import threading
 from pathlib import Path
 
 import pytest
+import requests
 
-from tests.support.bridgeproc import render_toml
+from tests.support.bridgeproc import EXAMPLES, render_toml
 from tests.support.clients import rr
 from tests.support.load import Requester
 from tests.support.waiting import file_lines
@@ -101,3 +102,17 @@ def test_a_reload_lets_calls_in_progress_finish_on_the_old_code(make_bridge, bro
         rq.close()
     assert fresh == "new"  # a new call runs the new code at once
     assert json.loads(results[0])["body"] == "old"  # the call in progress finished as it began
+
+
+def test_a_reload_changes_the_payload_limit_of_http_invoke_too(make_bridge, topic_prefix):
+    """limits.max_payload raised by a reload: a body between the old and the new limit is
+    taken over HTTP as over MQTT.  HTTP kept the limit the bridge started with (413)."""
+    bridge = make_bridge([{"topic": f"{topic_prefix}/echo", "handler": "echo"}], handlers_dir=EXAMPLES,
+                         limits={"max_payload": 1000})
+    url = f"{bridge.http_url}/invoke/echo"
+    assert requests.post(url, data="x" * 5000, timeout=10).status_code == 413
+    bridge.config_path.write_text(render_toml(dict(bridge.config, limits={"max_payload": 100_000})))
+    _reload(bridge, 1, "reloaded")
+    answer = requests.post(url, data="x" * 5000, timeout=10)
+    assert (answer.status_code, len(answer.text)) == (200, 5000)
+    assert requests.post(url, data="x" * 100_001, timeout=10).status_code == 413

@@ -87,7 +87,9 @@ async def _prepare(request: web.Request) -> "tuple[Route, Event] | web.Response"
         view.stats.refused("payload_too_large")
         return _refusal(413, f"payload of {request.content_length} bytes exceeds the limit of {limit}")
     try:
-        body = await request.read()
+        # Read with the limit of now: the application's was set at start, and a reload may
+        # have changed limits.max_payload since.
+        body = await request.clone(client_max_size=limit + 1).read()
     except web.HTTPRequestEntityTooLarge:
         body = None
     if body is None or len(body) > limit:

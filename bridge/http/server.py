@@ -60,8 +60,8 @@ class HttpServer:
         self.url: str | None = None
 
     def app(self) -> web.Application:
-        # The body limit is checked per request against limits.max_payload (reloadable);
-        # this bound only stops aiohttp from reading far more than that.
+        # /invoke reads each body with limits.max_payload as it is then (reloadable); this
+        # bound is aiohttp's for every other request.
         app = web.Application(client_max_size=self.view.config.limits.max_payload + 1,
                               middlewares=[self._count])
         app["view"], app["server"] = self.view, self
