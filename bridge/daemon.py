@@ -13,7 +13,7 @@ import asyncio
 import logging
 import signal
 
-from . import runtime, secretstore, systemd
+from . import logs, runtime, secretstore, systemd
 from .config import BridgeConfig, environment, load_config
 from .crashguard import CrashGuard
 from .dispatch import Dispatcher, Route
@@ -159,6 +159,8 @@ class Bridge:
                     log.error("reload failed; still serving the previous configuration: %s", exc)
                     return
                 runtime.configure(config)
+                if config.logging != self.config.logging:
+                    logs.setup(config.logging.level, config.logging.function_level)
                 routes = build_routes(config, functions)
                 self.executor.commit()
                 self.config, self.routes = config, routes

@@ -15,6 +15,7 @@ from tests.support.bridgeproc import EXAMPLES, render_toml
 from tests.support.clients import rr
 from tests.support.load import Requester
 from tests.support.waiting import file_lines
+from tests.support.web import wait_health
 
 
 def _write_handler(d: Path, name: str, answer: str) -> None:
@@ -116,3 +117,14 @@ def test_a_reload_changes_the_payload_limit_of_http_invoke_too(make_bridge, topi
     answer = requests.post(url, data="x" * 5000, timeout=10)
     assert (answer.status_code, len(answer.text)) == (200, 5000)
     assert requests.post(url, data="x" * 100_001, timeout=10).status_code == 413
+
+
+def test_a_reload_applies_the_logging_level(make_bridge, topic_prefix):
+    """logging.level is not among what needs a restart, and a reload applies it (it kept the
+    level the bridge started with): here WARNING, then INFO, so the reload's own line shows."""
+    bridge = make_bridge([{"topic": f"{topic_prefix}/echo", "handler": "echo"}], handlers_dir=EXAMPLES,
+                         logging={"level": "WARNING"}, start=False).start(wait_ready=False)
+    wait_health(bridge.http_url, 200)
+    assert "ready: subscribed" not in bridge.log()  # an INFO line
+    bridge.config_path.write_text(render_toml(dict(bridge.config, logging={"level": "INFO"})))
+    _reload(bridge, 1, "reloaded")
