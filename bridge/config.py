@@ -202,6 +202,7 @@ class WorkersConfig(_Model):
     mode: Literal["process", "thread"] = "process"
     processes: Annotated[int, Field(ge=1, le=256)] = Field(default_factory=_cpus)
     memory_limit_mb: Annotated[int, Field(ge=0)] = 512  # per worker process; 0 = no limit
+    load_timeout: Annotated[float, Field(gt=0)] = 90.0  # seconds for workers to import the handlers
 
 
 class IotStudioConfig(_Model):

@@ -129,6 +129,16 @@ def test_check_lists_every_broken_function_and_exits_1(project, capfd):
     ]
 
 
+def test_check_gives_up_on_an_import_that_never_ends_naming_it(project, capfd):
+    """``check`` (and the daemon in ``thread`` mode) imports the handlers in a throwaway
+    process: one whose import loops for ever is named after workers.load_timeout."""
+    project.handler("cli_loops", "while True:\n    pass\n")
+    config = project.write_config([{"topic": "a", "handler": "cli_loops"}], extra="[workers]\nload_timeout = 1")
+    assert run("check", "--config", config) == 1
+    assert ("the handlers were not imported within 1 s (workers.load_timeout): still importing cli_loops"
+            in capfd.readouterr().err)
+
+
 def test_check_exits_2_on_an_invalid_config_naming_the_key(project, capfd):
     project.handler("cli_good2", "def handle(req):\n    return None\n")
     config = project.write_config([{"topic": "a", "handler": "cli_good2", "qos": 3}])

@@ -14,7 +14,7 @@ import requests
 from tests.support.bridgeproc import EXAMPLES, render_toml
 from tests.support.clients import rr
 from tests.support.load import Requester
-from tests.support.waiting import file_lines
+from tests.support.waiting import file_lines, wait_for
 from tests.support.web import wait_health
 
 
@@ -128,3 +128,32 @@ def test_a_reload_applies_the_logging_level(make_bridge, topic_prefix):
     assert "ready: subscribed" not in bridge.log()  # an INFO line
     bridge.config_path.write_text(render_toml(dict(bridge.config, logging={"level": "INFO"})))
     _reload(bridge, 1, "reloaded")
+
+
+def test_an_import_that_never_ends_fails_the_reload_and_the_next_one_applies(make_bridge, broker, topic_prefix,
+                                                                             tmp_path):
+    """A handler whose import loops for ever: the reload gives up after workers.load_timeout,
+    naming the module, and the workers stuck importing it are killed; the previous functions
+    serve on, and a reload after the fix applies.  Reloads once waited on it for good."""
+    t = topic_prefix
+    handlers = tmp_path / "handlers"
+    handlers.mkdir()
+    _write_handler(handlers, "greet", "v1")
+    bridge = make_bridge([{"topic": f"{t}/a", "handler": "greet"}], handlers_dir=handlers,
+                         workers={"processes": 1, "load_timeout": 2})
+    workers = _children(bridge.proc.pid)
+    (handlers / "greet.py").write_text("while True:\n    pass\n")
+    _reload(bridge, 1, "reload failed; still serving the previous configuration: the workers did not import "
+                       "the handlers within 2 s (workers.load_timeout): still importing greet")
+    assert rr(broker.port, f"{t}/a", "x")["body"] == "v1"
+    wait_for(lambda: _children(bridge.proc.pid) == workers, 10, "only the serving worker left")
+    _write_handler(handlers, "greet", "v2")
+    _reload(bridge, 1, "reloaded")
+    assert rr(broker.port, f"{t}/a", "x")["body"] == "v2"
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return sorted(out)

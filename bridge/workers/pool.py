@@ -78,10 +78,27 @@ class ProcessExecutor(ExecutorBase):
         self._next = gen
         for i in range(config.workers.processes):
             self._spawn(gen, i)
-        await gen.loaded.wait()
+        timeout = config.workers.load_timeout
+        try:
+            await asyncio.wait_for(gen.loaded.wait(), timeout)
+        except TimeoutError:
+            stuck = sorted({w.loading for w in gen.workers if w.loading})
+            self._drop(gen)
+            raise BridgeError(f"the workers did not import the handlers within {timeout:g} s (workers.load_timeout)"
+                              + (f": still importing {', '.join(stuck)}" if stuck else "")) from None
         if gen.infos is None:
+            self._drop(gen)
             raise BridgeError("worker processes cannot start: " + gen.excluded.get("", "see the log"))
         return gen.infos
+
+    def _drop(self, gen: Generation) -> None:
+        """A generation that will never serve (its load failed): stop its workers."""
+        if self._next is gen:
+            self._next = None
+        for worker in gen.workers:
+            if worker.state != "gone":
+                worker.state = "retiring"  # its end is expected: nothing replaces it
+                worker.kill()
 
     def commit(self) -> None:
         """Serve new calls with the generation :meth:`load` prepared; the old one winds down."""

@@ -45,7 +45,12 @@ async def probe(config: BridgeConfig, hostname: str = "localhost") -> dict[str, 
 
         worker = WorkerProcess(loop, "check", frame, lambda _w, how: ended.set_result(how))
         worker.spawn(config, specs, excluded, hostname, check_only=True)
-        how = await ended
+        try:
+            how = await asyncio.wait_for(asyncio.shield(ended), config.workers.load_timeout)
+        except TimeoutError:
+            worker.kill()
+            raise BridgeError(f"the handlers were not imported within {config.workers.load_timeout:g} s "
+                              f"(workers.load_timeout): still importing {worker.loading or '?'}") from None
         if reports:
             infos = infos_from_report(reports[0])
             infos.update({spec: Unavailable(spec, reason) for spec, reason in excluded.items()})
