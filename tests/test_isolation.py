@@ -244,3 +244,24 @@ def test_cpu_bound_calls_use_as_many_cores_as_there_are_workers(make_bridge, bro
     overlapping = any(a["pid"] != b["pid"] and a["start"] < b["end"] and b["start"] < a["end"]
                       for a in replies for b in replies)
     assert overlapping == (processes > 1)
+
+
+def test_a_worker_killed_from_outside_while_importing_does_not_disable_the_function(make_bridge, broker,
+                                                                                   topic_prefix, tmp_path):
+    """An OOM kill or an operator's kill during a worker's import is not the module's doing:
+    the import is tried again.  It once blamed the module for good (503 until a reload)."""
+    t = topic_prefix
+    handlers = tmp_path / "handlers"
+    handlers.mkdir()
+    (handlers / "heavy.py").write_text(
+        "import os, time\n"
+        "with open(__file__ + '.pids', 'a') as f:\n    f.write(f'{os.getpid()}\\n')\n"
+        "time.sleep(1.5)\n\n"
+        "def handle(req):\n    return {'body': 'loaded'}\n")
+    bridge = make_bridge([{"topic": f"{t}/heavy", "handler": "heavy"}], handlers_dir=handlers,
+                         workers={"processes": 1}, start=False).start(wait_ready=False)
+    pids = file_lines(handlers / "heavy.py.pids", 1)
+    os.kill(int(pids[0]), signal.SIGKILL)
+    bridge.wait_ready(20)
+    assert rr(broker.port, f"{t}/heavy", "x")["body"] == "loaded"
+    assert "trying again" in bridge.log()

@@ -52,6 +52,7 @@ class Generation:
         self.workers: list[WorkerProcess] = []
         self.loaded = asyncio.Event()
         self.failures = 0
+        self.import_deaths: dict[str, int] = {}  # spec -> workers that died while importing it
 
 
 class ProcessExecutor(ExecutorBase):
@@ -233,10 +234,15 @@ class ProcessExecutor(ExecutorBase):
         if self._closing or was == "retiring" or gen not in (self._current, self._next):
             return
         if worker.loading is not None:
-            # Its import killed it: blame the module, and load the others without it.
+            # Its import killed it, or something else did meanwhile (an OOM kill, an operator):
+            # the second time the module is blamed, and the others are loaded without it.
             spec = worker.loading
-            gen.excluded[spec] = f"importing {spec} killed the process: it {how}"
-            log.error("routes with handler %s answer 503: %s", spec, gen.excluded[spec])
+            deaths = gen.import_deaths[spec] = gen.import_deaths.get(spec, 0) + 1
+            if deaths < 2:
+                log.warning("worker %s (pid %d) %s while importing %s; trying again", worker.name, worker.pid, how, spec)
+            else:
+                gen.excluded[spec] = f"importing {spec} killed the process: it {how}"
+                log.error("routes with handler %s answer 503: %s", spec, gen.excluded[spec])
         elif was == "starting":
             gen.failures += 1
             if gen.failures >= MAX_LOAD_ATTEMPTS:
