@@ -98,6 +98,7 @@ class Bridge:
         # -- the HTTP side (bridge.http) reads these --
         self.stats = Stats()
         self.phase = "starting"  # "serving" once READY, "stopping" from SIGTERM on
+        self._reload_pending = False  # SIGHUP while starting: reload once serving
         self.http_token = self._secret("http.token_secret", config.http.token_secret)
         self.http: HttpServer | None = None
 
@@ -138,8 +139,12 @@ class Bridge:
         names a missing module) is logged and ignored: the running configuration keeps
         serving.  ``[mqtt]``, ``[workers]`` and ``[http]`` changes need a restart.
         """
-        if self.config_path is None or self.dispatcher is None or self.link is None or self.executor is None:
+        if self.config_path is None:
             log.warning("reload requested but the bridge is not running from a config file")
+            return
+        if self.dispatcher is None or self.link is None or self.executor is None:
+            self._reload_pending = True
+            log.info("reload requested while starting: applied once the bridge is serving")
             return
         assert self._reloading is not None
         async with self._reloading:
@@ -177,6 +182,9 @@ class Bridge:
         self.phase = "serving"  # /__/health answers 200 from now on, as READY=1 says
         log.info("ready: subscribed to %d topic filter(s)", len(self.routes))
         self.notifier.notify_ready(f"serving: subscribed to {len(self.routes)} topic filter(s)")
+        if self._reload_pending:
+            self._reload_pending = False
+            self.request_reload()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()

@@ -157,3 +157,21 @@ def _children(pid: int) -> list[int]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         out += [int(c) for c in (task / "children").read_text().split()]
     return sorted(out)
+
+
+def test_a_sighup_while_starting_is_applied_once_serving(make_bridge, broker, topic_prefix, tmp_path):
+    """A file changed and SIGHUP sent while the bridge still imports the handlers (a
+    deployment script that does not wait): the change applies once it serves.  It was
+    dropped with a message saying the bridge was not running from a config file."""
+    t = topic_prefix
+    handlers = tmp_path / "handlers"
+    handlers.mkdir()
+    (handlers / "greet.py").write_text("import time\ntime.sleep(1.5)\n\ndef handle(req):\n    return {'body': 'v1'}\n")
+    bridge = make_bridge([{"topic": f"{t}/a", "handler": "greet"}], handlers_dir=handlers,
+                         start=False).start(wait_ready=False)
+    bridge.wait_for_log("loading 1 function(s)")  # signals are handled from here on
+    _write_handler(handlers, "greet", "v2")
+    bridge.signal(signal.SIGHUP)
+    bridge.wait_ready(20)
+    bridge.wait_for_log("reloaded", 20)
+    assert rr(broker.port, f"{t}/a", "x")["body"] == "v2"
