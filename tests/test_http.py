@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gzip
 import subprocess
 import sys
 import threading
@@ -192,6 +193,19 @@ def test_an_unusable_callback_url_is_refused_and_its_query_never_logged(make_bri
     assert requests.post(url, data="hi", headers={"X-Callback-Url": nobody}, timeout=10).status_code == 202
     bridge.wait_for_log("not delivered", 20)
     assert "SECRET" not in bridge.log() and "Traceback" not in bridge.log(), bridge.log()
+
+
+def test_a_gzip_request_body_reaches_the_function_decoded_with_headers_that_say_so(make_bridge, topic_prefix):
+    """The server decompresses it; the function once got the plain body with headers still
+    saying gzip and the compressed length."""
+    bridge = make_bridge([{"topic": f"{topic_prefix}/i", "handler": "inspect_event"}])
+    packed = gzip.compress(b"hello " * 100)
+    answer = requests.post(f"{bridge.http_url}/invoke/inspect_event", data=packed,
+                           headers={"Content-Encoding": "gzip", "X-Custom": "kept"}, timeout=10)
+    seen = answer.json()
+    assert seen["body"] == "hello " * 100
+    headers = {k.lower(): v for k, v in seen["headers"].items()}
+    assert "content-encoding" not in headers and headers["content-length"] == ["600"] and headers["x-custom"] == ["kept"]
 
 
 def test_a_token_is_required_when_token_secret_is_set(make_bridge, topic_prefix, tmp_path):

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .server import BridgeView, HttpServer
 
 INVOKED = ("X-Invoked", "true")
+_DECODED = frozenset({"gzip", "deflate", "br", "zstd"})  # request bodies aiohttp decompresses
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a header name (RFC 9110 5.1)
 # How the message is framed and the connection kept: the server's business, never a function's
 # (a Content-Length of its own would cut the body short, or run into the next response).
@@ -96,8 +97,12 @@ async def _prepare(request: web.Request) -> "tuple[Route, Event] | web.Response"
         view.stats.refused("payload_too_large")
         return _refusal(413, f"payload exceeds the limit of {limit} bytes")
     path = request.match_info.get("path") or "/"
-    event = Event(body, method=request.method, path=path, headers=list(request.headers.items()),
-                  query=request.query_string)
+    headers = list(request.headers.items())
+    if request.headers.get("Content-Encoding", "").lower() in _DECODED:
+        # aiohttp has decoded the body: the headers describe what the function gets.
+        headers = [(k, v) for k, v in headers if k.lower() not in ("content-encoding", "content-length")]
+        headers.append(("Content-Length", str(len(body))))
+    event = Event(body, method=request.method, path=path, headers=headers, query=request.query_string)
     return route, event
 
 
