@@ -265,3 +265,28 @@ def test_a_worker_killed_from_outside_while_importing_does_not_disable_the_funct
     bridge.wait_ready(20)
     assert rr(broker.port, f"{t}/heavy", "x")["body"] == "loaded"
     assert "trying again" in bridge.log()
+
+
+def test_a_worker_that_cannot_be_started_is_tried_again(make_bridge, broker, topic_prefix, tmp_path):
+    """The system refuses a new process once (out of memory or process ids; injected here
+    into the running daemon) when a worker is replaced: the bridge logs it, tries again and
+    serves.  The error once ended the replacing, and with it every call of the route."""
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(
+        "import errno, subprocess\n"
+        "_Popen, _made = subprocess.Popen, []\n\n"
+        "class _Refusing(_Popen):\n"
+        "    def __init__(self, args, *rest, **options):\n"
+        "        if 'bridge.workers.child' in [str(a) for a in args]:\n"
+        "            _made.append(1)\n"
+        "            if len(_made) == 2:\n"
+        "                raise OSError(errno.EAGAIN, 'Resource temporarily unavailable')\n"
+        "        super().__init__(args, *rest, **options)\n\n"
+        "subprocess.Popen = _Refusing\n")
+    t = topic_prefix
+    bridge = make_bridge([{"topic": f"{t}/deadly", "handler": "deadly"}], workers={"processes": 1},
+                         env={"PYTHONPATH": str(inject)})
+    os.kill(_children(bridge.proc.pid)[0], signal.SIGKILL)
+    bridge.wait_for_log("cannot be started: [Errno 11] Resource temporarily unavailable; trying again")
+    assert rr(broker.port, f"{t}/deadly", "fine", wait=15)["status_code"] == 200

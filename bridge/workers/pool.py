@@ -117,7 +117,13 @@ class ProcessExecutor(ExecutorBase):
             gen.workers[slot] = worker
         else:
             gen.workers.append(worker)
-        worker.spawn(gen.config, gen.specs, gen.excluded, self._hostname)
+        try:
+            worker.spawn(gen.config, gen.specs, gen.excluded, self._hostname)
+        except OSError as exc:  # no process could be made (memory, process ids): try again later
+            worker.state = "gone"
+            log.error("worker %s cannot be started: %s; trying again", worker.name, exc)
+            self._replace(gen, worker)
+            return worker
         self._alive.add(worker)
         return worker
 

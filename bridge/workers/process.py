@@ -73,6 +73,9 @@ class WorkerProcess:
                 [sys.executable, "-m", "bridge.workers.child", str(child.fileno())],
                 pass_fds=[child.fileno()], stdin=subprocess.DEVNULL,
             )
+        except BaseException:
+            parent.close()  # no process (out of memory, of process ids): nothing leaks
+            raise
         finally:
             child.close()
         parent.setblocking(False)
