@@ -290,3 +290,27 @@ def test_a_worker_that_cannot_be_started_is_tried_again(make_bridge, broker, top
     os.kill(_children(bridge.proc.pid)[0], signal.SIGKILL)
     bridge.wait_for_log("cannot be started: [Errno 11] Resource temporarily unavailable; trying again")
     assert rr(broker.port, f"{t}/deadly", "fine", wait=15)["status_code"] == 200
+
+
+def test_replacements_that_die_while_starting_are_replaced_until_one_lives(make_bridge, broker, topic_prefix,
+                                                                           tmp_path):
+    """While the bridge serves, replacement workers die at start six times in a row (a full
+    disk, a broken library for a moment; here a flag file they check).  The bridge keeps
+    trying, slower and slower, and serves once the cause is gone.  After five such deaths it
+    once gave up on that worker for good."""
+    flag = tmp_path / "die-at-start"
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        f"if 'bridge.workers.child' in sys.orig_argv and os.path.exists({str(flag)!r}):\n"
+        "    with open(" + repr(str(flag)) + ", 'a') as f:\n        f.write('x')\n"
+        "    os._exit(3)\n")
+    t = topic_prefix
+    bridge = make_bridge([{"topic": f"{t}/deadly", "handler": "deadly"}], workers={"processes": 1},
+                         env={"PYTHONPATH": str(inject)})
+    flag.write_text("")
+    os.kill(_children(bridge.proc.pid)[0], signal.SIGKILL)
+    wait_for(lambda: len(flag.read_text()) >= 6, 30, "six replacements dead at start")
+    flag.unlink()
+    assert rr(broker.port, f"{t}/deadly", "fine", wait=20)["status_code"] == 200

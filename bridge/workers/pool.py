@@ -251,10 +251,12 @@ class ProcessExecutor(ExecutorBase):
                 log.error("routes with handler %s answer 503: %s", spec, gen.excluded[spec])
         elif was == "starting":
             gen.failures += 1
-            if gen.failures >= MAX_LOAD_ATTEMPTS:
+            if gen.infos is None and gen.failures >= MAX_LOAD_ATTEMPTS:  # a start or reload gives up
                 gen.excluded[""] = f"a worker {how} {gen.failures} times while starting"
                 gen.loaded.set()
                 return
+            if gen.infos is not None:  # serving: replace it however often (with the crash-loop backoff)
+                log.warning("worker %s (pid %d) %s while starting; starting another", worker.name, worker.pid, how)
         else:
             log.warning("worker %s (pid %d) %s; starting a replacement", worker.name, worker.pid, how)
         self._replace(gen, worker)
