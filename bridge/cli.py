@@ -17,7 +17,8 @@ from typing import Sequence
 
 from . import logs
 from .codec import reply_document
-from .config import BridgeConfig, environment, load_config
+from .config import BridgeConfig, load_config
+from .environment import environment
 from .contract import Context, Event
 from .errors import BridgeError, ConfigError, HandlerLoadError
 from .functions import Unavailable, load_function, respond, respond_async

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import socket
 import string
 import tomllib
 from pathlib import Path
@@ -379,30 +378,3 @@ def load_config(path: str | os.PathLike[str], *, instance: str | None = None,
             raise ConfigError(f"{hidden}: unknown key", key=hidden)
     return parse_config(data, path.parent.resolve(), instance=instance,
                         state_dir=Path(state_dir).resolve() if state_dir is not None else None)
-
-
-class Environment(_Model):
-    """The few process-environment values the bridge and its helper packages honour."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-    hostname: str = "localhost"
-    swx_api_url: str | None = None
-    credentials_directory: Path | None = None  # systemd LoadCredential=
-    secrets_path: Path | None = None  # IoT Studio's own runner (_SECRETS_PATH)
-    mqtt_broker: str | None = None  # used by the example publisher when no config is loaded
-    notify_socket: str | None = None  # systemd Type=notify
-    watchdog_usec: int | None = None
-
-
-def environment() -> Environment:
-    """Read the process environment, once per call, into an :class:`Environment`."""
-    env = os.environ
-    return Environment(
-        hostname=env.get("HOSTNAME") or socket.gethostname() or "localhost",
-        swx_api_url=env.get("SWX_API_URL") or None,
-        credentials_directory=env.get("CREDENTIALS_DIRECTORY") or None,
-        secrets_path=env.get("_SECRETS_PATH") or None,
-        mqtt_broker=env.get("MQTT_BROKER") or None,
-        notify_socket=env.get("NOTIFY_SOCKET") or None,
-        watchdog_usec=int(env["WATCHDOG_USEC"]) if env.get("WATCHDOG_USEC", "").isdigit() else None,
-    )

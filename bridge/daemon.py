@@ -14,7 +14,8 @@ import logging
 import signal
 
 from . import logs, runtime, secretstore, systemd
-from .config import BridgeConfig, environment, load_config
+from .config import BridgeConfig, load_config
+from .environment import environment
 from .crashguard import CrashGuard
 from .dispatch import Dispatcher, Route
 from .errors import BridgeError, ConfigError

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .config import BridgeConfig, environment
+from .config import BridgeConfig
+from .environment import environment
 
 _config: BridgeConfig | None = None
 

@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .config import environment
+from .environment import environment
 from .errors import BridgeError
 
 log = logging.getLogger(__name__)

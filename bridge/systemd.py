@@ -24,7 +24,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-from .config import Environment, environment
+from .environment import Environment, environment
 
 log = logging.getLogger("bridge.systemd")
 

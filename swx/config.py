@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from bridge.config import DEFAULT_API_URL, environment
+from bridge.config import DEFAULT_API_URL
+from bridge.environment import environment
 
 _lock = threading.Lock()
 _configured_url: str | None = None
