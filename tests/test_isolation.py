@@ -11,6 +11,7 @@ import threading
 import pytest
 
 from tests.support.clients import rr
+from tests.support.faults import injected
 import time
 
 from tests.support.load import Requester, at_once, figures, p50, proc_memory
@@ -271,22 +272,23 @@ def test_a_worker_that_cannot_be_started_is_tried_again(make_bridge, broker, top
     """The system refuses a new process once (out of memory or process ids; injected here
     into the running daemon) when a worker is replaced: the bridge logs it, tries again and
     serves.  The error once ended the replacing, and with it every call of the route."""
-    inject = tmp_path / "inject"
-    inject.mkdir()
-    (inject / "sitecustomize.py").write_text(
-        "import errno, subprocess\n"
-        "_Popen, _made = subprocess.Popen, []\n\n"
-        "class _Refusing(_Popen):\n"
-        "    def __init__(self, args, *rest, **options):\n"
-        "        if 'bridge.workers.child' in [str(a) for a in args]:\n"
-        "            _made.append(1)\n"
-        "            if len(_made) == 2:\n"
-        "                raise OSError(errno.EAGAIN, 'Resource temporarily unavailable')\n"
-        "        super().__init__(args, *rest, **options)\n\n"
-        "subprocess.Popen = _Refusing\n")
+    env = injected(tmp_path, """
+        import errno, subprocess
+
+        _Popen, _made = subprocess.Popen, []
+
+        class _Refusing(_Popen):
+            def __init__(self, args, *rest, **options):
+                if "bridge.workers.child" in [str(a) for a in args]:
+                    _made.append(1)
+                    if len(_made) == 2:
+                        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+                super().__init__(args, *rest, **options)
+
+        subprocess.Popen = _Refusing
+    """)
     t = topic_prefix
-    bridge = make_bridge([{"topic": f"{t}/deadly", "handler": "deadly"}], workers={"processes": 1},
-                         env={"PYTHONPATH": str(inject)})
+    bridge = make_bridge([{"topic": f"{t}/deadly", "handler": "deadly"}], workers={"processes": 1}, env=env)
     os.kill(_children(bridge.proc.pid)[0], signal.SIGKILL)
     bridge.wait_for_log("cannot be started: [Errno 11] Resource temporarily unavailable; trying again")
     assert rr(broker.port, f"{t}/deadly", "fine", wait=15)["status_code"] == 200
@@ -299,16 +301,16 @@ def test_replacements_that_die_while_starting_are_replaced_until_one_lives(make_
     trying, slower and slower, and serves once the cause is gone.  After five such deaths it
     once gave up on that worker for good."""
     flag = tmp_path / "die-at-start"
-    inject = tmp_path / "inject"
-    inject.mkdir()
-    (inject / "sitecustomize.py").write_text(
-        "import os, sys\n"
-        f"if 'bridge.workers.child' in sys.orig_argv and os.path.exists({str(flag)!r}):\n"
-        "    with open(" + repr(str(flag)) + ", 'a') as f:\n        f.write('x')\n"
-        "    os._exit(3)\n")
+    env = injected(tmp_path, f"""
+        import os, sys
+
+        if "bridge.workers.child" in sys.orig_argv and os.path.exists({str(flag)!r}):
+            with open({str(flag)!r}, "a") as f:
+                f.write("x")
+            os._exit(3)
+    """)
     t = topic_prefix
-    bridge = make_bridge([{"topic": f"{t}/deadly", "handler": "deadly"}], workers={"processes": 1},
-                         env={"PYTHONPATH": str(inject)})
+    bridge = make_bridge([{"topic": f"{t}/deadly", "handler": "deadly"}], workers={"processes": 1}, env=env)
     flag.write_text("")
     os.kill(_children(bridge.proc.pid)[0], signal.SIGKILL)
     wait_for(lambda: len(flag.read_text()) >= 6, 30, "six replacements dead at start")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import signal
 import socket
-import textwrap
 import threading
 import time
 
@@ -16,6 +15,7 @@ import pytest
 from tests.support.broker import Broker, free_port
 from tests.support.certs import make_pki
 from tests.support.clients import pub, rr
+from tests.support.faults import injected
 from tests.support.load import clashing_bridges, take_over, unfinished_in_session
 from tests.support.waiting import wait_for
 
@@ -87,21 +87,12 @@ def test_requests_with_correlation_data_are_answered_after_a_restart_on_the_kept
     assert "Traceback" not in bridge.log(), bridge.log()
 
 
-def _inject(tmp_path, code: str) -> dict[str, str]:
-    """The environment for a bridge with a fault injected into it: ``code`` runs at the start
-    of each of its Python processes (a ``sitecustomize`` module)."""
-    where = tmp_path / "inject"
-    where.mkdir(exist_ok=True)
-    (where / "sitecustomize.py").write_text(textwrap.dedent(code))
-    return {"PYTHONPATH": str(where)}
-
-
 def test_a_bug_in_handling_a_new_connection_is_logged_and_the_bridge_serves_on(
         make_bridge, own_broker, topic_prefix, tmp_path):
     """A bug in the bridge's handling of a new connection (here: a fault injected into
     resuming the session) is logged with its traceback, and the connection still subscribes
     and serves: it once stayed up unsubscribed, never ready, and said nothing."""
-    env = _inject(tmp_path, """
+    env = injected(tmp_path, """
         from bridge import delivery
 
         def _broken(self, last_read=None):
@@ -123,7 +114,7 @@ def test_an_exception_in_any_mqtt_callback_is_logged_with_its_traceback(make_bri
     """paho, told not to let a callback's exception end its loop, reports it only to a logger
     of its own: the bridge's log shows it (here: a fault injected into recording the
     session's subscriptions when the SUBACK arrives), and the bridge is ready and serves."""
-    env = _inject(tmp_path, """
+    env = injected(tmp_path, """
         from bridge import promises
 
         def _broken(self, subscriptions, session_expiry):
@@ -143,7 +134,7 @@ def test_a_bug_in_handling_a_lost_connection_is_logged_and_the_bridge_reconnects
         make_bridge, broker, topic_prefix, tmp_path):
     """The same when a connection drops (here: a fault injected into pausing its reader): the
     error is logged and the connection comes back; it once stayed down for good."""
-    env = _inject(tmp_path, """
+    env = injected(tmp_path, """
         from bridge import pump
 
         _connack = pump.Pump.connack
