@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -226,3 +227,30 @@ def test_submit_is_fast_while_the_api_hangs(make_writer, standin: StandIn) -> No
         writer.submit(TARGET, {"seq": seq})
     assert time.monotonic() - started < 0.5  # the delivery thread is stuck in the slow PUT
     wait_for(lambda: writer.stats()["delivered"] == 50)
+
+
+def test_a_thing_failing_for_half_a_day_neither_stops_nor_floods_the_others(make_writer, standin: StandIn,
+                                                                           tmp_path: Path) -> None:
+    """An update that failed over 1,024 times (some 13 h of retries at 60 s): its next
+    backoff once overflowed, the row was retried every second with a traceback, and no Thing
+    queued behind it was tried again."""
+    standin.faults.fail_next(1_000_000, status=503, path=f"*/things/{THING}/properties")
+    writer = make_writer(start=False, retry_initial=1.0, retry_max=60.0)
+    writer.submit(TARGET, {"seq": 1})
+    writer.submit(LOOSE, {"on": True})
+    with sqlite3.connect(tmp_path / "state" / "outbox.db") as db:
+        db.execute("UPDATE outbox SET attempts = 1100 WHERE thing_key LIKE ?", (f"%{THING}",))
+    writer.start()
+    wait_for(lambda: writer.stats()["delivered"] == 1, 10, "the other Thing's update delivered")
+    assert delivered(standin, LOOSE_THING) == [{"on": True}]
+    assert writer.stats()["retried"] == 1  # deferred once, by the capped backoff
+
+
+def test_a_retry_after_longer_than_retry_max_is_waited_out(make_writer, standin: StandIn) -> None:
+    """The docs promise never sooner than a Retry-After; retry_max (here 0.05 s) once cut it."""
+    standin.faults.rate_limit_next(2, retry_after=1.0, path="*/properties")  # both tries of the client
+    writer = make_writer()
+    started = time.monotonic()
+    writer.submit(TARGET, {"seq": 1})
+    wait_for(lambda: writer.stats()["delivered"] == 1, 15)
+    assert time.monotonic() - started >= 2.0  # 1 s inside the client, then 1 s in the outbox

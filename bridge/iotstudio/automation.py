@@ -255,10 +255,11 @@ class ThingWriter:
         self._count("delivered")
 
     def _retry_later(self, item: Item, reason: str, retry_after: float | None) -> None:
-        base = min(self._config.retry_max, self._config.retry_initial * 2 ** item.attempts)
+        # The exponent is bounded: a float overflows at 2 ** 1024, some 13 h of failures at 60 s.
+        base = min(self._config.retry_max, self._config.retry_initial * 2.0 ** min(item.attempts, 64))
         delay = base * random.uniform(0.5, 1.0)  # jitter: gateways that lost the API together
-        if retry_after is not None:  # do not return earlier than the API asked
-            delay = max(delay, min(retry_after, self._config.retry_max))
+        if retry_after is not None:  # never sooner than the API asked (max_age still ends the row)
+            delay = max(delay, retry_after)
         self._outbox.defer(item.id, self._clock() + delay)
         self._count("retried")
         log.warning("update for Thing %s not delivered (%s); attempt %d, next in %.1fs",
