@@ -101,3 +101,17 @@ def _outbox_rows(path: Path) -> int:
     with sqlite3.connect(path) as db:
         table = db.execute("select name from sqlite_master where type='table'").fetchone()[0]
         return db.execute(f"select count(*) from {table}").fetchone()[0]
+
+
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_functions_call_the_api_with_the_iot_studio_settings(make_bridge, broker, topic_prefix, standin,
+                                                             secrets_dir, mode):
+    """[iot_studio] max_attempts = 1: a function's call fails at the first 503.  Worker
+    processes once used the built-in settings (4 attempts) whatever the config said."""
+    make_bridge([{"topic": f"{topic_prefix}/update", "handler": "api_update"}],
+                iot_studio={"api_url": standin.url, "max_attempts": 1}, secrets={"dir": str(secrets_dir)},
+                workers={"mode": mode})
+    standin.faults.fail_next(3, status=503, path="*/properties")
+    reply = rr(broker.port, f"{topic_prefix}/update", '{"temperature": 5}')
+    assert reply["status_code"] == 500, reply
+    assert [r.status for r in standin.requests if r.method == "PUT"] == [503]

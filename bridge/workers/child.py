@@ -30,6 +30,7 @@ from .. import logs, runtime
 from ..config import BridgeConfig
 from ..contract import Context, error_body
 from ..functions import Function, Unavailable, load_functions
+from ..iotstudio import client as api_client
 from . import wire
 from .crew import Channel, Crew
 from .local import LocalRunner
@@ -58,6 +59,7 @@ def _limit_memory(config: BridgeConfig) -> None:
 def _load(channel: Channel, config: BridgeConfig, specs: list[str], excluded: dict[str, str]
           ) -> dict[str, Function]:
     runtime.configure(config)
+    api_client.configure(config.iot_studio)  # what api() in a function uses: [iot_studio]'s settings
     loaded = load_functions(config.handlers_dir, [s for s in specs if s not in excluded],
                             loading=lambda spec: channel.send("loading", spec))
     report: list[tuple[Any, ...]] = []
@@ -144,6 +146,8 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=int(argv[0]))
     code = serve(sock)
+    with contextlib.suppress(Exception):
+        api_client.shutdown()  # revokes the tokens functions fetched, as the daemon does in thread mode
     logging.shutdown()
     sys.stdout.flush()
     os._exit(code)  # not sys.exit: threads a function started must not keep the worker alive
