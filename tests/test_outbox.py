@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import sqlite3
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -254,3 +256,40 @@ def test_a_retry_after_longer_than_retry_max_is_waited_out(make_writer, standin:
     writer.submit(TARGET, {"seq": 1})
     wait_for(lambda: writer.stats()["delivered"] == 1, 15)
     assert time.monotonic() - started >= 2.0  # 1 s inside the client, then 1 s in the outbox
+
+
+def test_a_portal_answering_html_200_keeps_the_update_for_later(tmp_path: Path, secrets: SecretStore) -> None:
+    """Something in between (a captive portal, a maintenance page) answers 200 with HTML:
+    the API never saw the update, so it stays queued.  It was taken for a final refusal and
+    dropped."""
+    class Portal(BaseHTTPRequestHandler):
+        def answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            page = b"<html>Sign in to the network</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        do_GET = do_POST = do_PUT = answer
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    portal = ThreadingHTTPServer(("127.0.0.1", 0), Portal)
+    threading.Thread(target=portal.serve_forever, daemon=True).start()
+    config = IotStudioConfig(api_url=f"http://127.0.0.1:{portal.server_port}", max_attempts=1)
+    try:
+        with ApiClient(config) as client:
+            writer = ThingWriter(OutboxConfig(path=tmp_path / "outbox.db", retry_initial=0.05, retry_max=0.1),
+                                 secrets, client)
+            writer.start()
+            try:
+                writer.submit(TARGET, {"seq": 1})
+                wait_for(lambda: writer.stats()["retried"] >= 2, 10, "two retries")
+                assert writer.stats()["failed_final"] == 0 and writer.stats()["pending"] == 1
+            finally:
+                writer.close()
+    finally:
+        portal.shutdown()

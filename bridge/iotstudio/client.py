@@ -136,7 +136,10 @@ class _Core:
         try:
             return response.json()
         except ValueError as exc:
-            raise ApiError(response.status_code, f"{method} {path}: response is not JSON") from exc
+            # A success that is not JSON came from something in between (a proxy, a captive
+            # portal, a maintenance page), not the API: as if no answer came (transient).
+            raise ApiError(0, f"{method} {path}: answered {response.status_code} with a body that is not JSON "
+                              "(a proxy or portal in between?)") from exc
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
