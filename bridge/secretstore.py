@@ -81,7 +81,7 @@ class SecretStore:
         """True when a secret file ``name`` exists (invalid names are never found)."""
         try:
             return (self.dir / check_name(name)).is_file()
-        except SecretError:
+        except (SecretError, OSError):  # OSError: a name too long for the file system
             return False
 
     def variables(self) -> dict[str, Any]:

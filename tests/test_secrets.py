@@ -214,3 +214,10 @@ def test_no_secret_value_in_logs_reprs_or_errors(
     assert caplog.records
     for text in texts + [caplog.text]:
         assert VALUE not in text
+
+
+def test_a_name_too_long_for_the_file_system_is_simply_not_found(tmp_path: Path) -> None:
+    """As the docs say of names that cannot exist; exists() raised OSError (File name too long)."""
+    store = SecretStore(tmp_path)
+    assert store.exists("a" * 300) is False
+    assert store.get("a" * 300) == ""
