@@ -54,10 +54,20 @@ class CrashGuard:
             self._db.execute("delete from attempts where created < ?", (time.time() - max_age,))
         except sqlite3.Error as exc:
             raise BridgeError(f"crash guard {path}: {exc}") from exc
+        self._running: dict[str, int] = {}  # key -> admitted runs of it in progress in this process
 
     def admit(self, msg: Inbound) -> tuple[bool, str]:
-        """For a redelivered request: (may it run?, its key).  Counts this run on disk first."""
+        """For a redelivered request: (may it run?, its key).  Counts this run on disk first.
+
+        While a request with the same key runs in this process, another one is a different
+        request that happens to be identical (a poll such as ``{}`` from two devices): it is
+        admitted without counting, or two identical requests in hand at one death would be
+        taken for one request that died twice.
+        """
         key = attempt_key(msg)
+        if self._running.get(key):
+            self._running[key] += 1
+            return True, key
         row = self._db.execute("select runs from attempts where key = ?", (key,)).fetchone()
         runs = row[0] if row else 1  # no record: the first delivery ran and did not finish
         if runs >= DEATHS_ALLOWED:
@@ -69,10 +79,16 @@ class CrashGuard:
             self._db.execute("insert or replace into attempts values (?, ?, ?)", (key, runs + 1, time.time()))
         except sqlite3.Error as exc:  # it runs anyway: losing the guard beats losing the request
             log.error("crash guard write failed: %s", exc)
+        self._running[key] = 1
         return True, key
 
     def forget(self, key: str) -> None:
         """The request was answered (or refused): no run of it is pending any more."""
+        running = self._running.get(key, 0)
+        if running > 1:
+            self._running[key] = running - 1  # an identical request still runs: keep its count
+            return
+        self._running.pop(key, None)
         try:
             self._db.execute("delete from attempts where key = ?", (key,))
         except sqlite3.Error as exc:

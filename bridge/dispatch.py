@@ -153,12 +153,6 @@ class Dispatcher:
             job.done = True
             ledger.send(job, stored)
             return
-        if msg.dup and msg.qos and self.guard is not None:
-            admitted, job.guard_key = self.guard.admit(msg)
-            if not admitted:
-                self._finish(job, error_body(500, "this request crashed the bridge twice; not run again",
-                                             kind="CrashLoop"))
-                return
         rejection = check_request(msg, self.config.limits.max_payload)
         if rejection is not None:
             self.stats.refused(REJECTION_REASONS.get(rejection.status, "method"))
@@ -234,6 +228,15 @@ class Dispatcher:
 
     # -- running ------------------------------------------------------------------------------
     def _start(self, job: Job) -> None:
+        msg = job.msg
+        if msg.dup and msg.qos and self.guard is not None:
+            # Counted as its function starts, not as it arrives: a request that waited for a
+            # slot while the bridge died did not crash it.
+            admitted, job.guard_key = self.guard.admit(msg)
+            if not admitted:
+                self._finish(job, error_body(500, "this request crashed the bridge twice; not run again",
+                                             kind="CrashLoop"))
+                return
         route = job.route
         route.active += 1
         job.running = True

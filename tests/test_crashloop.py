@@ -6,6 +6,7 @@ dies; the deadly message is redelivered by the real broker.
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 
 from tests.support.clients import Sub, pub, rr
 from tests.support.waiting import file_lines, wait_for
+from tests.support.web import samples, value
 
 RESTARTS = 5  # the loop gives up after this many deaths (systemd's StartLimitBurst is 5)
 
@@ -107,3 +109,51 @@ def _children(pid: int) -> list[int]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         out += [int(c) for c in (task / "children").read_text().split()]
     return out
+
+
+def test_identical_requests_in_hand_at_one_death_are_both_run_again(make_bridge, broker, topic_prefix, tmp_path):
+    """Two identical requests (a poll from two devices) were running when the daemon died
+    once.  Both are run again and answered: one of them was once taken for the other's second
+    death and refused."""
+    t, seen = topic_prefix, tmp_path / "seen.txt"
+    bridge = make_bridge([{"topic": f"{t}/deadly", "handler": "deadly", "reply_topic": "replies/{topic}",
+                           "qos": 1, "concurrency": 2, "timeout": 60}])
+    sub = Sub(broker.port, f"replies/{t}/deadly", tmp_path)
+    query = [("publish", "user-property", "query", f"file={seen}")]
+    try:
+        for _ in range(2):
+            pub(broker.port, f"{t}/deadly", "sleep:1", qos=1, props=query)
+        file_lines(seen, 2)  # both running
+        bridge.proc.send_signal(signal.SIGKILL)
+        bridge.wait(10)
+        bridge.start()
+        replies = sub.wait_lines(2, timeout=20)
+    finally:
+        sub.close()
+    assert not any("crashed the bridge twice" in r for r in replies), replies
+    assert len(file_lines(seen, 4)) == 4  # each ran before the death and once after
+
+
+def test_a_request_waiting_for_its_slot_through_two_deaths_is_run(make_bridge, broker, topic_prefix, tmp_path):
+    """Concurrency 1: a call hangs, another request waits for the slot, and the daemon is
+    killed twice (OOM kills).  The hung one is refused after its two runs; the waiting one,
+    which never ran, runs and is answered.  It was counted on arrival and refused unrun."""
+    t, seen = topic_prefix, tmp_path / "seen.txt"
+    bridge = make_bridge([{"topic": f"{t}/deadly", "handler": "deadly", "reply_topic": "replies/{topic}",
+                           "qos": 1, "concurrency": 1, "timeout": 60}])
+    sub = Sub(broker.port, f"replies/{t}/deadly", tmp_path)
+    query = [("publish", "user-property", "query", f"file={seen}")]
+    try:
+        pub(broker.port, f"{t}/deadly", "sleep:30", qos=1, props=query)
+        pub(broker.port, f"{t}/deadly", "waiting", qos=1, props=query)
+        for death in range(2):
+            file_lines(seen, death + 1, timeout=20)  # the hung call runs (again)
+            wait_for(lambda: value(samples(bridge.http_url), "iot_bridge_in_flight") == 2, 10, "both in hand")
+            bridge.proc.send_signal(signal.SIGKILL)
+            bridge.wait(10)
+            bridge.start()
+        replies = sorted(json.loads(line.split(" ", 1)[1])["status_code"] for line in sub.wait_lines(2, timeout=20))
+    finally:
+        sub.close()
+    assert replies == [200, 500]
+    assert [line.split()[0] for line in seen.read_text().splitlines()] == ["sleep:30", "sleep:30", "waiting"]
