@@ -111,15 +111,21 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _deadly(make_bridge, broker, t: str, tmp_path: Path, concurrency: int):
+    """A bridge with the ``deadly`` route at QoS 1, a subscriber to its replies, and the user
+    property that makes each call append its body and pid to ``tmp_path/seen.txt``."""
+    bridge = make_bridge([{"topic": f"{t}/deadly", "handler": "deadly", "reply_topic": "replies/{topic}",
+                           "qos": 1, "concurrency": concurrency, "timeout": 60}])
+    sub = Sub(broker.port, f"replies/{t}/deadly", tmp_path)
+    return bridge, sub, [("publish", "user-property", "query", f"file={tmp_path / 'seen.txt'}")]
+
+
 def test_identical_requests_in_hand_at_one_death_are_both_run_again(make_bridge, broker, topic_prefix, tmp_path):
     """Two identical requests (a poll from two devices) were running when the daemon died
     once.  Both are run again and answered: one of them was once taken for the other's second
     death and refused."""
     t, seen = topic_prefix, tmp_path / "seen.txt"
-    bridge = make_bridge([{"topic": f"{t}/deadly", "handler": "deadly", "reply_topic": "replies/{topic}",
-                           "qos": 1, "concurrency": 2, "timeout": 60}])
-    sub = Sub(broker.port, f"replies/{t}/deadly", tmp_path)
-    query = [("publish", "user-property", "query", f"file={seen}")]
+    bridge, sub, query = _deadly(make_bridge, broker, t, tmp_path, concurrency=2)
     try:
         for _ in range(2):
             pub(broker.port, f"{t}/deadly", "sleep:1", qos=1, props=query)
@@ -139,10 +145,7 @@ def test_a_request_waiting_for_its_slot_through_two_deaths_is_run(make_bridge, b
     killed twice (OOM kills).  The hung one is refused after its two runs; the waiting one,
     which never ran, runs and is answered.  It was counted on arrival and refused unrun."""
     t, seen = topic_prefix, tmp_path / "seen.txt"
-    bridge = make_bridge([{"topic": f"{t}/deadly", "handler": "deadly", "reply_topic": "replies/{topic}",
-                           "qos": 1, "concurrency": 1, "timeout": 60}])
-    sub = Sub(broker.port, f"replies/{t}/deadly", tmp_path)
-    query = [("publish", "user-property", "query", f"file={seen}")]
+    bridge, sub, query = _deadly(make_bridge, broker, t, tmp_path, concurrency=1)
     try:
         pub(broker.port, f"{t}/deadly", "sleep:30", qos=1, props=query)
         pub(broker.port, f"{t}/deadly", "waiting", qos=1, props=query)
