@@ -46,12 +46,17 @@ ERR_NO_CONN = paho.MQTT_ERR_NO_CONN
 CLEAN_START_FIRST_ONLY = paho.MQTT_CLEAN_START_FIRST_ONLY
 error_string = paho.error_string
 _PUBLISH, _PUBACK, _DISCONNECT = 0x30, 0x40, 0xE0
-# PUBACK reason codes >= 0x80 (MQTT v5 3.4.2.1), and 0x95 that mosquitto 2.0 sends.
+# PUBACK and PUBREC reason codes >= 0x80 (MQTT v5 3.4.2.1), and 0x95 that mosquitto 2.0 sends.
 _REFUSALS = {0x80: "Unspecified error", 0x83: "Implementation specific error", 0x87: "Not authorized",
              0x90: "Topic Name invalid", 0x91: "Packet Identifier in use", 0x95: "Packet too large",
              0x97: "Quota exceeded", 0x99: "Payload format invalid"}
 
 log = logging.getLogger("bridge.transport")
+
+
+def refusal_text(code: int) -> str:
+    """A refusing reason code for the log, e.g. ``Not authorized (0x87)``."""
+    return f"{_REFUSALS.get(code, 'refused')} (0x{code:02X})"
 
 
 class PublishProperties(Properties):
@@ -195,9 +200,7 @@ class Client(paho.Client):
         if cmd != "PUBACK" or len(packet) < 2 or self.on_acked is None:
             return super()._handle_pubackcomp(cmd)  # PUBCOMP, or malformed: paho's own way
         mid = int.from_bytes(packet[:2], "big")
-        refusal = None
-        if len(packet) > 2 and packet[2] >= 0x80:
-            refusal = f"{_REFUSALS.get(packet[2], 'refused')} (0x{packet[2]:02X})"
+        refusal = refusal_text(packet[2]) if len(packet) > 2 and packet[2] >= 0x80 else None
         message = self._out_messages.pop(mid, None)
         if message is None:
             return paho.MQTT_ERR_SUCCESS

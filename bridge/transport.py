@@ -278,7 +278,7 @@ class Connection:
         """A QoS 2 reply completed or refused (PUBREC or PUBCOMP with a failure code)."""
         if self._published is not None:
             failed = getattr(reason, "is_failure", False)
-            self._published(mid, f"{reason} (0x{reason.value:02X})" if failed else None)
+            self._published(mid, mqttclient.refusal_text(reason.value) if failed else None)
 
     # -- the socket on the event loop (bridge.pump) -------------------------------------------
     def _on_socket_open(self, _c: mqttclient.Client, _u: Any, sock: Any) -> None:

@@ -64,26 +64,17 @@ def split(buffer: bytearray, *, safe: bool) -> list[tuple[Any, ...]]:
     return out
 
 
-def _plain(value: Any) -> Any:
-    """A subclass of str, bytes or int (a function's own str type, an HTTPStatus) as the exact
-    type: the daemon's :class:`SafeUnpickler` refuses every class, and would take the frame for
-    a broken worker's."""
-    kind = type(value)
-    if kind is str or kind is bytes or kind is int or kind is bool:
-        return value
-    if isinstance(value, str):
-        return str.__str__(value)
-    if isinstance(value, bytes):
-        return bytes(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return int(value)
-    return value  # anything else is refused by unpack_response, with a clear error
+def _plain(text: str) -> str:
+    """``text`` as an exact str: a subclass (a function's own str type in a header name, an
+    exception message) would be refused by the daemon's :class:`SafeUnpickler`, which would
+    take the frame for a broken worker's.  Status and body are exact already (result rules)."""
+    return text if type(text) is str else str.__str__(text)
 
 
 def pack_response(response: Response) -> tuple[Any, ...]:
     """A response as plain values (see :func:`unpack_response`)."""
     failure = tuple(_plain(x) for x in response.failure) if response.failure is not None else None
-    return (_plain(response.status), [(_plain(k), _plain(v)) for k, v in response.headers], _plain(response.body),
+    return (response.status, [(_plain(k), _plain(v)) for k, v in response.headers], response.body,
             _plain(response.content_type), response.json, failure)
 
 
